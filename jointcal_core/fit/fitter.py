@@ -1,0 +1,325 @@
+"""The stepwise Fitter: a state machine the CLI, the Python API and the app drive alike.
+
+``step()`` does one thing - one Gauss-Newton iteration of the current stage, or one
+outlier-rejection pass once the last stage has converged - and returns a frozen
+:class:`FitStep`. ``run()`` steps until converged; ``reset()`` returns to the initial model.
+
+Stages follow jointcal (e.g. astrometry ``DistortionsVisit -> Distortions -> Positions ->
+Distortions Positions``). Each stage iterates until the relative chi2 change drops below the
+tolerance; after the last stage, outlier passes alternate with iterations until a pass finds
+no new outlier and chi2 has settled.
+
+Outliers: a term is an outlier when its chi2 exceeds ``outlierRejectSigma^2`` times the
+current chi2/ndof (when above 1). Per pass, at most one term per fitted star is rejected
+(the worst), because one bad measurement drags its star and inflates the others; unlike
+jointcal, any number of ccdImages may lose a measurement in the same pass.
+
+Rollback: a step that raises chi2 is undone (the best state is kept); with line search on,
+the step is halved first. A step raising chi2 by more than ``chi2IncreaseLimit`` times stops
+with :class:`~jointcal_core.exceptions.DivergenceError` after the rollback.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..exceptions import DivergenceError, NonFiniteError
+from .problem import FitGroup, FitProblem, Linearization, Stage
+from .solver import solve_step
+
+__all__ = ["Fitter", "FitStep", "FitStatus"]
+
+log = logging.getLogger(__name__)
+
+
+class FitStatus(enum.Enum):
+    """What a step did."""
+
+    STEPPED = "stepped"                    # a Gauss-Newton iteration lowered chi2
+    STAGE_CONVERGED = "stage converged"    # chi2 settled; the next step starts the next stage
+    OUTLIERS_REJECTED = "outliers rejected"
+    CHI2_INCREASED = "chi2 increased"      # the step was rolled back
+    MAX_STEPS = "max steps"                # the stage hit its step limit
+    CONVERGED = "converged"                # the whole fit is done
+
+
+@dataclass(frozen=True)
+class FitStep:
+    """Record of one Fitter step.
+
+    Attributes
+    ----------
+    kind : str
+        'astrometry' or 'photometry'.
+    stage : str
+        jointcal's stage name.
+    iteration : int
+        Step number since the last reset, from 1.
+    chi2 : float
+        chi2 after the step.
+    ndof : int
+        Degrees of freedom for all fitted parameters of the final stage.
+    n_outliers : int
+        Terms rejected by this step.
+    n_outliers_total : int
+    step_norm : float
+        Euclidean norm of the applied model parameter change.
+    status : FitStatus
+    seconds : float
+        Wall time of the step.
+    message : str
+    """
+
+    kind: str
+    stage: str
+    iteration: int
+    chi2: float
+    ndof: int
+    n_outliers: int
+    n_outliers_total: int
+    step_norm: float
+    status: FitStatus
+    seconds: float
+    message: str = ""
+
+    @property
+    def chi2_per_ndof(self) -> float:
+        return self.chi2 / self.ndof if self.ndof > 0 else float("nan")
+
+
+class Fitter:
+    """Drive a :class:`FitProblem` stage by stage.
+
+    Parameters
+    ----------
+    problem : FitProblem
+    outlier_sigma : float
+        n-sigma cut (0 disables rejection).
+    tolerance : float
+        Relative chi2 change below which a stage has converged.
+    max_steps : int
+        Gauss-Newton steps allowed per stage.
+    chi2_increase_limit : float
+        Factor of chi2 increase that stops the fit with an error.
+    line_search : bool
+        Halve a step that raises chi2 (up to 5 times) before rolling it back.
+    """
+
+    def __init__(self, problem: FitProblem, *, outlier_sigma: float = 5.0, tolerance: float = 1e-3,
+                 max_steps: int = 20, chi2_increase_limit: float = 10.0, line_search: bool = False):
+        self.problem = problem
+        self.outlier_sigma = float(outlier_sigma)
+        self.tolerance = float(tolerance)
+        self.max_steps = int(max_steps)
+        self.chi2_increase_limit = float(chi2_increase_limit)
+        self.line_search = bool(line_search)
+        self._stages = problem.stages()
+        self._initial_state = problem.get_state()
+        self._reset_counters()
+
+    # --- public state ----------------------------------------------------------------------
+    @property
+    def stages(self) -> list[Stage]:
+        return list(self._stages)
+
+    @property
+    def stage(self) -> Stage:
+        return self._stages[self._stage_index]
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    @property
+    def history(self) -> list[FitStep]:
+        return list(self._history)
+
+    @property
+    def chi2(self) -> float:
+        return self._lin.chi2
+
+    @property
+    def ndof(self) -> int:
+        return self._ndof(self._lin)
+
+    @property
+    def n_outliers(self) -> int:
+        return self._n_outliers_total
+
+    def linearization(self) -> Linearization:
+        """Residuals (no derivatives) at the current parameters."""
+        return self._lin
+
+    # --- control --------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Back to the initial model, no outliers, empty history."""
+        self.problem.set_state(self._initial_state)
+        self._reset_counters()
+
+    def run(self, max_steps: int | None = None, callback=None, should_stop=None) -> list[FitStep]:
+        """Step until converged (or ``max_steps`` steps, or ``should_stop()`` returns True).
+
+        ``callback(step)`` is called after every step (progress reporting).
+        """
+        steps = []
+        limit = max_steps if max_steps is not None else 10 * self.max_steps * (len(self._stages) + 5)
+        while not self._done and len(steps) < limit:
+            if should_stop is not None and should_stop():
+                break
+            step = self.step()
+            steps.append(step)
+            if callback is not None:
+                callback(step)
+        return steps
+
+    def step(self) -> FitStep:
+        """One Gauss-Newton iteration of the current stage, or one outlier pass at the end."""
+        if self._done:
+            return self._record(FitStatus.CONVERGED, 0, 0.0, 0.0, "already converged")
+        t0 = time.perf_counter()
+        if self._rejecting:
+            return self._outlier_pass(t0)
+        return self._gauss_newton(t0)
+
+    # --- internals ------------------------------------------------------------------------
+    def _reset_counters(self) -> None:
+        self._stage_index = 0
+        self._stage_steps = 0
+        self._rejecting = False
+        self._done = False
+        self._n_outliers_total = 0
+        self._history: list[FitStep] = []
+        self._lin = self._evaluate(jacobian=False)
+        self._final_groups = self._stages[-1].groups
+
+    def _evaluate(self, jacobian: bool) -> Linearization:
+        lin = self.problem.linearize(jacobian=jacobian)
+        if not np.all(np.isfinite(lin.residual)):
+            n_bad = int(np.sum(~np.isfinite(lin.residual)))
+            meas = lin.meas[~np.isfinite(lin.residual)] if lin.meas is not None else np.array([])
+            where = self.problem.describe_measurement(meas[meas >= 0][:1]) if np.any(meas >= 0) else []
+            raise NonFiniteError(f"{n_bad} residual(s) are not finite"
+                                 + (f", first at {where[0]}" if where else "")
+                                 + "; check that input errors are positive and finite")
+        return lin
+
+    def _ndof(self, lin: Linearization) -> int:
+        groups = self._final_groups
+        n_model = int(self.problem.model_param_mask(groups).sum())
+        stars_used = np.unique(lin.star[lin.star >= 0]).size if lin.star is not None else 0
+        n_star = stars_used * int(self.problem.star_param_mask(groups).sum())
+        return int(lin.residual.size - n_model - n_star)
+
+    def _record(self, status: FitStatus, n_outliers: int, step_norm: float, seconds: float,
+                message: str = "") -> FitStep:
+        step = FitStep(kind=self.problem.kind, stage=self.stage.name, iteration=len(self._history) + 1,
+                       chi2=self._lin.chi2, ndof=self._ndof(self._lin), n_outliers=n_outliers,
+                       n_outliers_total=self._n_outliers_total, step_norm=step_norm, status=status,
+                       seconds=seconds, message=message)
+        self._history.append(step)
+        log.info("%s %s step %d: chi2=%.6g ndof=%d chi2/ndof=%.4f %s", step.kind, step.stage, step.iteration,
+                 step.chi2, step.ndof, step.chi2_per_ndof, status.value)
+        return step
+
+    def _advance_stage(self) -> None:
+        self._stage_steps = 0
+        if self._stage_index < len(self._stages) - 1:
+            self._stage_index += 1
+        elif self.outlier_sigma > 0:
+            self._rejecting = True
+        else:
+            self._done = True
+
+    def _gauss_newton(self, t0: float) -> FitStep:
+        problem = self.problem
+        groups = self.stage.groups
+        lin = self._evaluate(jacobian=True)
+        chi2_before = lin.chi2
+        best = problem.get_state()
+        sol = solve_step(lin, problem.n_model_params, problem.n_stars, problem.star_dim,
+                         problem.model_param_mask(groups), problem.star_param_mask(groups),
+                         describe=problem.describe_model_param)
+        fraction = 1.0
+        problem.offset(sol.delta_model, sol.delta_stars)
+        new = self._evaluate(jacobian=False)
+        halvings = 5 if self.line_search else 0
+        while new.chi2 > chi2_before and halvings > 0:
+            fraction *= 0.5
+            problem.set_state(best)
+            problem.offset(fraction * sol.delta_model, fraction * sol.delta_stars)
+            new = self._evaluate(jacobian=False)
+            halvings -= 1
+        self._stage_steps += 1
+        step_norm = float(np.linalg.norm(fraction * sol.delta_model))
+        if new.chi2 > chi2_before * (1 + 1e-12):
+            problem.set_state(best)
+            self._lin = self._evaluate(jacobian=False)
+            if new.chi2 > self.chi2_increase_limit * chi2_before:
+                raise DivergenceError(
+                    f"{problem.kind} stage {self.stage.name}: chi2 jumped from {chi2_before:.6g} to "
+                    f"{new.chi2:.6g}; rolled back to the best state. {self._worst_contributors(new)}",
+                    chi2_before=chi2_before, chi2_after=new.chi2)
+            self._advance_stage()
+            return self._record(FitStatus.CHI2_INCREASED, 0, 0.0, time.perf_counter() - t0,
+                                f"step raised chi2 to {new.chi2:.6g}; rolled back")
+        self._lin = new
+        relative = (chi2_before - new.chi2) / max(new.chi2, 1e-300)
+        if relative < self.tolerance:
+            self._advance_stage()
+            return self._record(FitStatus.STAGE_CONVERGED, 0, step_norm, time.perf_counter() - t0)
+        if self._stage_steps >= self.max_steps:
+            self._advance_stage()
+            return self._record(FitStatus.MAX_STEPS, 0, step_norm, time.perf_counter() - t0,
+                                f"stage {self.stage.name} reached {self.max_steps} steps")
+        return self._record(FitStatus.STEPPED, 0, step_norm, time.perf_counter() - t0)
+
+    def _outlier_pass(self, t0: float) -> FitStep:
+        problem = self.problem
+        lin = self._lin
+        ndof = self._ndof(lin)
+        reduced = lin.chi2 / ndof if ndof > 0 else 1.0
+        cut = self.outlier_sigma ** 2 * max(reduced, 1.0)
+        meas_chi2 = lin.chi2_per_measurement(problem.n_measurements)
+        ref_chi2 = lin.chi2_per_reference(problem.n_stars)
+        star_of_meas = problem.measurement_star()
+        # candidates: (chi2, star, is_reference, index)
+        m_idx = np.flatnonzero(meas_chi2 > cut)
+        r_idx = np.flatnonzero(ref_chi2 > cut)
+        chi2 = np.concatenate([meas_chi2[m_idx], ref_chi2[r_idx]])
+        stars = np.concatenate([star_of_meas[m_idx], r_idx])
+        is_ref = np.concatenate([np.zeros(m_idx.size, bool), np.ones(r_idx.size, bool)])
+        index = np.concatenate([m_idx, r_idx])
+        order = np.argsort(-chi2, kind="stable")
+        # the worst term of each star only (stars < 0 are independent of each other)
+        keys = np.where(stars[order] >= 0, stars[order], -1 - np.arange(order.size))
+        _, first = np.unique(keys, return_index=True)
+        chosen = order[first]
+        reject_meas = index[chosen][~is_ref[chosen]]
+        reject_ref = index[chosen][is_ref[chosen]]
+        n = reject_meas.size + reject_ref.size
+        if n == 0:
+            self._done = True
+            return self._record(FitStatus.CONVERGED, 0, 0.0, time.perf_counter() - t0,
+                                f"no outliers above {self.outlier_sigma:g} sigma")
+        problem.deactivate(reject_meas, reject_ref)
+        self._n_outliers_total += n
+        self._lin = self._evaluate(jacobian=False)
+        self._rejecting = False   # iterate the final stage again
+        return self._record(FitStatus.OUTLIERS_REJECTED, n, 0.0, time.perf_counter() - t0,
+                            f"rejected {reject_meas.size} measurement(s) and {reject_ref.size} reference term(s) "
+                            f"above chi2 {cut:.3g}")
+
+    def _worst_contributors(self, lin: Linearization) -> str:
+        """Which groups (visit/CCD) carry most of the chi2 of a rejected step."""
+        group, labels = self.problem.measurement_group()
+        per_meas = lin.chi2_per_measurement(self.problem.n_measurements)
+        per_group = np.bincount(group, weights=per_meas, minlength=len(labels))
+        worst = np.argsort(-per_group)[:3]
+        total = max(per_group.sum(), 1e-300)
+        parts = [f"{labels[i]} ({100 * per_group[i] / total:.0f}%)" for i in worst if per_group[i] > 0]
+        return "Largest chi2 contributions: " + ", ".join(parts) if parts else ""

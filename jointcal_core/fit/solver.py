@@ -1,0 +1,178 @@
+"""One Gauss-Newton solve with the star parameters eliminated by Schur complement.
+
+The normal matrix of a joint calibration is mostly star blocks (2x2 positions, 1x1 fluxes)
+coupled to comparatively few model parameters::
+
+    [ A   B ] [dm]     [g_m]
+    [ B^T C ] [ds] = - [g_s]        C block diagonal (one s x s block per star)
+
+Eliminating the stars gives the reduced system ``(A - B C^-1 B^T) dm = -(g_m - B C^-1 g_s)``
+over the model parameters only, solved by a dense Cholesky factorisation with Jacobi
+(diagonal) scaling; the stars follow by back-substitution. jointcal instead factorises the
+full system with CHOLMOD, which is what this is measured against (benchmarks/).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse as sp
+
+from ..exceptions import ModelConstraintError, NonFiniteError
+from .problem import Linearization
+
+__all__ = ["SolveResult", "solve_step"]
+
+# relative size of the pivot below which a parameter counts as unconstrained
+_DEGENERATE = 1e-12
+# smallest Cholesky pivot of the Jacobi-scaled reduced matrix accepted as non-singular
+_PIVOT = 1e-5
+
+
+@dataclass(frozen=True)
+class SolveResult:
+    """Step of one solve; entries of parameters not free are 0."""
+
+    delta_model: np.ndarray
+    delta_stars: np.ndarray
+    n_free: int
+
+
+def _model_matrix(lin: Linearization, free_index: np.ndarray, n_free: int) -> sp.csr_matrix:
+    """Sparse whitened Jacobian over the free model parameters, shape (n_rows, n_free)."""
+    n_rows = lin.residual.size
+    if n_free == 0 or lin.model_cols is None or lin.model_cols.size == 0:
+        return sp.csr_matrix((n_rows, n_free))
+    cols = free_index[lin.model_cols]
+    keep = (cols >= 0) & (lin.model_vals != 0)
+    rows = np.broadcast_to(np.arange(n_rows)[:, None], cols.shape)[keep]
+    return sp.csr_matrix((lin.model_vals[keep], (rows, cols[keep])), shape=(n_rows, n_free))
+
+
+def _star_blocks(lin: Linearization, n_stars: int, star_free: np.ndarray):
+    """Per-star normal blocks C (n_stars, s, s) and star Jacobian as a sparse matrix."""
+    s_free = int(star_free.sum())
+    rows_with_star = lin.star >= 0
+    vals = lin.star_vals[:, star_free]
+    v = vals[rows_with_star]
+    stars = lin.star[rows_with_star]
+    blocks = np.zeros((n_stars, s_free, s_free))
+    np.add.at(blocks, stars, v[:, :, None] * v[:, None, :])
+    n_rows = lin.residual.size
+    row_idx = np.repeat(np.flatnonzero(rows_with_star), s_free)
+    col_idx = (stars[:, None] * s_free + np.arange(s_free)[None, :]).ravel()
+    js = sp.csr_matrix((v.ravel(), (row_idx, col_idx)), shape=(n_rows, n_stars * s_free))
+    return blocks, js, s_free
+
+
+def _invert_blocks(blocks: np.ndarray) -> np.ndarray:
+    """Inverse of each s x s block; blocks of stars without terms stay 0 (their step is 0)."""
+    n, s, _ = blocks.shape
+    inv = np.zeros_like(blocks)
+    diag = np.einsum("nii->ni", blocks)
+    used = np.all(diag > 0, axis=1)
+    if np.any(used):
+        b = blocks[used]
+        # a tiny ridge relative to the block's own scale keeps nearly singular stars finite
+        scale = np.einsum("nii->ni", b).max(axis=1)[:, None, None]
+        inv[used] = np.linalg.inv(b + _DEGENERATE * scale * np.eye(s))
+    return inv
+
+
+def _block_diag(blocks: np.ndarray) -> sp.csr_matrix:
+    """Sparse block-diagonal matrix from (n, s, s) blocks, built without a Python loop."""
+    n, s, _ = blocks.shape
+    base = (np.arange(n) * s)[:, None, None]
+    rows = np.broadcast_to(base + np.arange(s)[None, :, None], blocks.shape)
+    cols = np.broadcast_to(base + np.arange(s)[None, None, :], blocks.shape)
+    return sp.csr_matrix((blocks.ravel(), (rows.ravel(), cols.ravel())), shape=(n * s, n * s))
+
+
+def _cholesky_solve(matrix: np.ndarray, rhs: np.ndarray, describe) -> np.ndarray:
+    """Solve the symmetric positive definite ``matrix x = rhs`` with Jacobi scaling."""
+    diag = np.diag(matrix).copy()
+    if not np.all(np.isfinite(matrix)) or not np.all(np.isfinite(rhs)):
+        raise NonFiniteError("the normal equations contain NaN or infinite values; check the input "
+                             "errors (zero or non-finite uncertainties) and the starting calibration")
+    bad = np.flatnonzero(diag <= _DEGENERATE * max(diag.max(initial=0.0), 1e-300))
+    if bad.size:
+        raise ModelConstraintError(
+            f"{bad.size} model parameter(s) are not constrained by any measurement, first: "
+            f"{describe(int(bad[0]))}; exclude that item or lower the model order")
+    scale = 1.0 / np.sqrt(diag)
+    scaled = matrix * scale[:, None] * scale[None, :]
+    try:
+        factor = scipy.linalg.cho_factor(scaled, lower=True, check_finite=False)
+        # the scaled matrix has a unit diagonal: a tiny pivot means a (numerically) singular
+        # direction, i.e. a gauge freedom the model does not fix (condition number > 1e10)
+        singular = np.min(np.diag(factor[0])) < _PIVOT
+    except np.linalg.LinAlgError:
+        singular = True
+    if singular:
+        w, vec = np.linalg.eigh(scaled)
+        worst = int(np.argmax(np.abs(vec[:, 0])))
+        raise ModelConstraintError(
+            "the model is degenerate (the normal matrix is singular); the parameter most involved is "
+            f"{describe(worst)}: the data do not constrain it (too few stars, no overlap, or no "
+            "reference to fix the gauge)") from None
+    return scipy.linalg.cho_solve(factor, rhs * scale, check_finite=False) * scale
+
+
+def solve_step(lin: Linearization, n_model_params: int, n_stars: int, star_dim: int,
+               model_free: np.ndarray, star_free: np.ndarray,
+               describe=lambda i: f"parameter {i}") -> SolveResult:
+    """Gauss-Newton step for the free parameters.
+
+    Parameters
+    ----------
+    lin : Linearization
+    n_model_params, n_stars, star_dim : int
+        Problem sizes.
+    model_free : ndarray of bool, shape (n_model_params,)
+    star_free : ndarray of bool, shape (star_dim,)
+        Which star parameters are free (none: positions held).
+    describe : callable
+        Maps a model parameter index to a description for error messages.
+
+    Returns
+    -------
+    SolveResult
+    """
+    free_ids = np.flatnonzero(model_free)
+    n_free = free_ids.size
+    free_index = np.full(n_model_params + 1, -1, dtype=np.int64)
+    free_index[free_ids] = np.arange(n_free)
+    r = lin.residual
+    jm = _model_matrix(lin, free_index[:-1] if n_model_params else free_index, n_free)
+    delta_model = np.zeros(n_model_params)
+    delta_stars = np.zeros((n_stars, star_dim))
+
+    def describe_free(i):
+        return describe(int(free_ids[i]))
+
+    if not np.any(star_free):
+        if n_free:
+            a = (jm.T @ jm).toarray()
+            delta_model[free_ids] = -_cholesky_solve(a, jm.T @ r, describe_free)
+        return SolveResult(delta_model, delta_stars, n_free)
+
+    blocks, js, s_free = _star_blocks(lin, n_stars, star_free)
+    cinv = _invert_blocks(blocks)
+    g_s = js.T @ r
+    cinv_sp = _block_diag(cinv)
+    if n_free:
+        b = (jm.T @ js).tocsr()
+        b_cinv = b @ cinv_sp
+        reduced = (jm.T @ jm).toarray() - (b_cinv @ b.T).toarray()
+        rhs = jm.T @ r - b_cinv @ g_s
+        dm = -_cholesky_solve(reduced, rhs, describe_free)
+        delta_model[free_ids] = dm
+        ds = -(cinv_sp @ (g_s + b.T @ dm))
+    else:
+        ds = -(cinv_sp @ g_s)
+    delta_stars[:, star_free] = ds.reshape(n_stars, s_free)
+    if not (np.all(np.isfinite(delta_model)) and np.all(np.isfinite(delta_stars))):
+        raise NonFiniteError("the Gauss-Newton step is not finite; the fit stopped before applying it")
+    return SolveResult(delta_model, delta_stars, n_free + n_stars * s_free)

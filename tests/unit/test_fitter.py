@@ -1,0 +1,166 @@
+"""The shared Fitter and Schur-complement solver on a small problem with known truth.
+
+The toy problem is a magnitude-offset model: measurement i of star j on ccd c reads
+``m_i = zp_c + mag_j + noise``; reference terms tie some stars to catalogue magnitudes;
+ccd 0's offset is held fixed when there is no reference. Its exact least-squares solution is
+computed independently with numpy.linalg.lstsq on the full (dense) Jacobian.
+"""
+
+import numpy as np
+import pytest
+
+from jointcal_core.exceptions import ModelConstraintError
+from jointcal_core.fit import FitGroup, FitProblem, Fitter, FitStatus, Linearization, Stage, solve_step
+
+
+class OffsetProblem(FitProblem):
+    kind = "photometry"
+    residual_dim = 1
+
+    def __init__(self, ccd, star, mag, sigma, ref_star, ref_mag, ref_sigma, n_ccd, n_star, fix_first=False):
+        self.ccd, self.star_of, self.mag, self.sigma = ccd, star, mag, sigma
+        self.ref_star, self.ref_mag, self.ref_sigma = ref_star, ref_mag, ref_sigma
+        self.zp = np.zeros(n_ccd)
+        self.star_mag = np.zeros((n_star, 1))
+        self.active = np.ones(ccd.size, bool)
+        self.ref_active = np.ones(ref_star.size, bool)
+        self.fix_first = fix_first
+        self._n_ccd, self._n_star = n_ccd, n_star
+
+    n_model_params = property(lambda self: self._n_ccd)
+    n_stars = property(lambda self: self._n_star)
+    star_dim = property(lambda self: 1)
+    n_measurements = property(lambda self: self.ccd.size)
+
+    def stages(self):
+        return [Stage("Model", FitGroup.MODEL), Stage("Fluxes", FitGroup.STARS),
+                Stage("Model Fluxes", FitGroup.MODEL | FitGroup.STARS)]
+
+    def model_param_mask(self, groups):
+        mask = np.full(self._n_ccd, bool(groups & FitGroup.MODEL_CHIP))
+        if self.fix_first:
+            mask[0] = False
+        return mask
+
+    def measurement_star(self):
+        return np.where(self.active, self.star_of, -1)
+
+    def linearize(self, jacobian=True):
+        a = np.flatnonzero(self.active)
+        r_meas = (self.mag[a] - self.zp[self.ccd[a]] - self.star_mag[self.star_of[a], 0]) / self.sigma[a]
+        ra = np.flatnonzero(self.ref_active)
+        rs = self.ref_star[ra]
+        r_ref = (self.star_mag[rs, 0] - self.ref_mag[ra]) / self.ref_sigma[ra]
+        n_ref = ra.size
+        return Linearization(
+            residual=np.concatenate([r_meas, r_ref]),
+            model_cols=np.concatenate([self.ccd[a], np.zeros(n_ref, np.int64)])[:, None],
+            model_vals=np.concatenate([-1 / self.sigma[a], np.zeros(n_ref)])[:, None],
+            star=np.concatenate([self.star_of[a], rs]),
+            star_vals=np.concatenate([-1 / self.sigma[a], 1 / self.ref_sigma[ra]])[:, None],
+            meas=np.concatenate([a, np.full(n_ref, -1)]),
+            ref_star=np.concatenate([np.full(a.size, -1), rs]))
+
+    def offset(self, dm, ds):
+        self.zp += dm
+        self.star_mag += ds
+
+    def get_state(self):
+        return dict(zp=self.zp.copy(), star=self.star_mag.copy(), active=self.active.copy(),
+                    ref_active=self.ref_active.copy())
+
+    def set_state(self, s):
+        self.zp, self.star_mag = s["zp"].copy(), s["star"].copy()
+        self.active, self.ref_active = s["active"].copy(), s["ref_active"].copy()
+
+    def deactivate(self, meas, ref_stars):
+        self.active[meas] = False
+        self.ref_active[np.isin(self.ref_star, ref_stars)] = False
+
+
+def make_problem(seed=1, n_ccd=6, n_star=300, outliers=0, with_ref=True):
+    rng = np.random.default_rng(seed)
+    true_zp = rng.normal(0, 0.05, n_ccd)
+    true_mag = rng.uniform(17, 22, n_star)
+    ccd = np.concatenate([rng.choice(n_ccd, size=4, replace=False) for _ in range(n_star)])
+    star = np.repeat(np.arange(n_star), 4)
+    sigma = np.full(ccd.size, 0.01)
+    mag = true_zp[ccd] + true_mag[star] + rng.normal(0, 0.01, ccd.size)
+    bad = rng.choice(ccd.size, size=outliers, replace=False)
+    mag[bad] += rng.choice([-1, 1], outliers) * rng.uniform(0.2, 0.5, outliers)
+    if with_ref:
+        ref_star = np.arange(0, n_star, 3)
+        ref_mag = true_mag[ref_star] + rng.normal(0, 0.02, ref_star.size)
+    else:
+        ref_star, ref_mag = np.zeros(0, np.int64), np.zeros(0)
+    problem = OffsetProblem(ccd, star, mag, sigma, ref_star, ref_mag, np.full(ref_star.size, 0.02),
+                            n_ccd, n_star, fix_first=not with_ref)
+    problem.star_mag[:, 0] = mag[np.searchsorted(star, np.arange(n_star))]
+    return problem, true_zp, true_mag, bad
+
+
+def dense_solution(problem):
+    """Least squares on the full dense Jacobian, independently of the Schur solver."""
+    lin = problem.linearize()
+    n_m, n_s = problem.n_model_params, problem.n_stars
+    jac = np.zeros((lin.residual.size, n_m + n_s))
+    rows = np.arange(lin.residual.size)
+    jac[rows, lin.model_cols[:, 0]] += lin.model_vals[:, 0]
+    jac[rows, n_m + lin.star] += lin.star_vals[:, 0]
+    free = np.concatenate([problem.model_param_mask(FitGroup.MODEL), np.ones(n_s, bool)])
+    delta = np.zeros(n_m + n_s)
+    delta[free] = -np.linalg.lstsq(jac[:, free], lin.residual, rcond=None)[0]
+    return delta[:n_m], delta[n_m:]
+
+
+def test_schur_step_equals_dense_least_squares():
+    problem, *_ = make_problem()
+    lin = problem.linearize()
+    sol = solve_step(lin, problem.n_model_params, problem.n_stars, 1,
+                     problem.model_param_mask(FitGroup.MODEL), np.array([True]))
+    dm, ds = dense_solution(problem)
+    np.testing.assert_allclose(sol.delta_model, dm, atol=1e-9)
+    np.testing.assert_allclose(sol.delta_stars[:, 0], ds, atol=1e-9)
+
+
+def test_fitter_recovers_truth_and_reports_stages_in_order():
+    problem, true_zp, true_mag, _ = make_problem(seed=2)
+    fitter = Fitter(problem, outlier_sigma=5)
+    steps = fitter.run()
+    assert fitter.done and steps[-1].status is FitStatus.CONVERGED
+    seen = [s.stage for s in steps]
+    first = {name: seen.index(name) for name in dict.fromkeys(seen)}
+    assert list(first) == ["Model", "Fluxes", "Model Fluxes"]
+    # zero points recovered to the precision the 4 x 300 measurements allow (~1 mmag)
+    np.testing.assert_allclose(problem.zp, true_zp, atol=0.004)
+    assert abs(steps[-1].chi2 / steps[-1].ndof - 1) < 0.15
+
+
+def test_outliers_rejected_and_good_measurements_kept():
+    problem, _, _, bad = make_problem(seed=3, outliers=12)
+    fitter = Fitter(problem, outlier_sigma=5)
+    fitter.run()
+    rejected = np.flatnonzero(~problem.active)
+    assert set(bad) <= set(rejected)
+    assert len(set(rejected) - set(bad)) <= 2
+
+
+def test_reset_restores_initial_chi2():
+    problem, *_ = make_problem(seed=4, outliers=5)
+    fitter = Fitter(problem)
+    chi2_0 = fitter.chi2
+    fitter.run()
+    assert fitter.chi2 < chi2_0
+    fitter.reset()
+    assert fitter.chi2 == pytest.approx(chi2_0)
+    assert fitter.history == [] and not fitter.done
+
+
+def test_internal_fit_without_reference_needs_the_gauge_fixed():
+    problem, true_zp, _, _ = make_problem(seed=5, with_ref=False)
+    Fitter(problem).run()
+    np.testing.assert_allclose(problem.zp - problem.zp[0], true_zp - true_zp[0], atol=0.004)
+    problem.fix_first = False        # the global offset is now degenerate with star magnitudes
+    problem.zp[:] = 0
+    with pytest.raises(ModelConstraintError, match="degenerate"):
+        Fitter(problem).run()
