@@ -66,6 +66,13 @@ class Linearization:
         The measurement each row belongs to, -1 for reference rows.
     ref_star : ndarray of int64, shape (n_rows,)
         For reference rows, the fitted star whose reference term it is; -1 for measurement rows.
+    slot_ranges : tuple of (int, int), optional
+        Column ranges of ``model_cols`` that form parameter *slots* (e.g. ((0, 6), (6, 48)) for a
+        chip part and a visit part). With ``slot_block`` it lets the solver assemble the normal
+        equations by dense block products (fit/normal.py); without, it finds blocks itself.
+    slot_block : ndarray of int64, shape (n_rows, n_slots), optional
+        Block id of each row in each slot (e.g. chip index, visit index; -1: none). All rows with
+        the same block id in a slot must have the same ``model_cols`` in that slot's range.
     """
 
     residual: np.ndarray
@@ -75,6 +82,8 @@ class Linearization:
     star_vals: np.ndarray | None = None
     meas: np.ndarray | None = None
     ref_star: np.ndarray | None = None
+    slot_ranges: tuple | None = None
+    slot_block: np.ndarray | None = None
 
     @property
     def chi2(self) -> float:

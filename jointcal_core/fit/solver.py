@@ -122,7 +122,7 @@ def _cholesky_solve(matrix: np.ndarray, rhs: np.ndarray, describe) -> np.ndarray
 
 def solve_step(lin: Linearization, n_model_params: int, n_stars: int, star_dim: int,
                model_free: np.ndarray, star_free: np.ndarray,
-               describe=lambda i: f"parameter {i}") -> SolveResult:
+               describe=lambda i: f"parameter {i}", method: str = "blocks") -> SolveResult:
     """Gauss-Newton step for the free parameters.
 
     Parameters
@@ -135,6 +135,9 @@ def solve_step(lin: Linearization, n_model_params: int, n_stars: int, star_dim: 
         Which star parameters are free (none: positions held).
     describe : callable
         Maps a model parameter index to a description for error messages.
+    method : {'blocks', 'sparse'}
+        'blocks' assembles the reduced system by dense block products (fit/normal.py);
+        'sparse' by scipy.sparse products (simple, slow at scale; kept as a reference).
 
     Returns
     -------
@@ -144,20 +147,33 @@ def solve_step(lin: Linearization, n_model_params: int, n_stars: int, star_dim: 
     n_free = free_ids.size
     free_index = np.full(n_model_params + 1, -1, dtype=np.int64)
     free_index[free_ids] = np.arange(n_free)
-    r = lin.residual
-    jm = _model_matrix(lin, free_index[:-1] if n_model_params else free_index, n_free)
+    free_index = free_index[:-1] if n_model_params else free_index
     delta_model = np.zeros(n_model_params)
     delta_stars = np.zeros((n_stars, star_dim))
 
     def describe_free(i):
         return describe(int(free_ids[i]))
 
-    if not np.any(star_free):
-        if n_free:
-            a = (jm.T @ jm).toarray()
-            delta_model[free_ids] = -_cholesky_solve(a, jm.T @ r, describe_free)
-        return SolveResult(delta_model, delta_stars, n_free)
+    any_star = bool(np.any(star_free))
+    if method == "sparse":
+        dm, ds = _solve_sparse(lin, free_index, n_free, n_stars, star_free, describe_free)
+    else:
+        dm, ds = _solve_blocks(lin, free_index, n_free, n_stars, star_free, describe_free)
+    if n_free:
+        delta_model[free_ids] = dm
+    if any_star:
+        delta_stars[:, star_free] = ds
+    if not (np.all(np.isfinite(delta_model)) and np.all(np.isfinite(delta_stars))):
+        raise NonFiniteError("the Gauss-Newton step is not finite; the fit stopped before applying it")
+    return SolveResult(delta_model, delta_stars, n_free + (n_stars * int(star_free.sum()) if any_star else 0))
 
+
+def _solve_sparse(lin, free_index, n_free, n_stars, star_free, describe_free):
+    r = lin.residual
+    jm = _model_matrix(lin, free_index, n_free)
+    if not np.any(star_free):
+        dm = -_cholesky_solve((jm.T @ jm).toarray(), jm.T @ r, describe_free) if n_free else np.zeros(0)
+        return dm, None
     blocks, js, s_free = _star_blocks(lin, n_stars, star_free)
     cinv = _invert_blocks(blocks)
     g_s = js.T @ r
@@ -168,11 +184,51 @@ def solve_step(lin: Linearization, n_model_params: int, n_stars: int, star_dim: 
         reduced = (jm.T @ jm).toarray() - (b_cinv @ b.T).toarray()
         rhs = jm.T @ r - b_cinv @ g_s
         dm = -_cholesky_solve(reduced, rhs, describe_free)
-        delta_model[free_ids] = dm
         ds = -(cinv_sp @ (g_s + b.T @ dm))
     else:
+        dm = np.zeros(0)
         ds = -(cinv_sp @ g_s)
-    delta_stars[:, star_free] = ds.reshape(n_stars, s_free)
-    if not (np.all(np.isfinite(delta_model)) and np.all(np.isfinite(delta_stars))):
-        raise NonFiniteError("the Gauss-Newton step is not finite; the fit stopped before applying it")
-    return SolveResult(delta_model, delta_stars, n_free + n_stars * s_free)
+    return dm, ds.reshape(n_stars, s_free)
+
+
+def _solve_blocks(lin, free_index, n_free, n_stars, star_free, describe_free):
+    from . import normal
+
+    r = lin.residual
+    has_model = n_free > 0 and lin.model_cols is not None and lin.model_cols.size > 0
+    bs = normal.block_structure(lin, free_index) if has_model else None
+    if not np.any(star_free):
+        if not has_model:
+            return np.zeros(n_free), None
+        a = normal.normal_matrix(lin, bs, n_free)
+        g = normal.accumulate_gradient(lin, bs, n_free, r)
+        return -_cholesky_solve(a, g, describe_free), None
+    s_free = int(star_free.sum())
+    w = lin.star_vals[:, star_free]
+    with_star = lin.star >= 0
+    star = np.where(with_star, lin.star, 0)
+    blocks = np.zeros((n_stars, s_free, s_free))
+    np.add.at(blocks, lin.star[with_star], w[with_star][:, :, None] * w[with_star][:, None, :])
+    cinv = _invert_blocks(blocks)
+    g_s = np.zeros((n_stars, s_free))
+    np.add.at(g_s, lin.star[with_star], w[with_star] * r[with_star, None])
+    q = np.einsum("nij,nj->ni", cinv, g_s)                     # C^-1 g_s per star
+    if not has_model:
+        return np.zeros(n_free), -q
+    # C^-1 = L L^T per star; z_row = L^T w_row
+    used = np.einsum("nii->n", cinv) > 0
+    chol = np.zeros_like(cinv)
+    chol[used] = np.linalg.cholesky(cinv[used])
+    z = np.where(with_star[:, None], np.einsum("nij,ni->nj", chol[star], w), 0.0)
+    a = normal.normal_matrix(lin, bs, n_free)
+    schur = normal.schur_term(lin, bs, n_free, z)
+    # rhs = g_m - B C^-1 g_s = sum_rows V_row (r_row - w_row . q_star)
+    wq = np.where(with_star, np.einsum("ni,ni->n", w, q[star]), 0.0)
+    rhs = normal.accumulate_gradient(lin, bs, n_free, r - wq)
+    dm = -_cholesky_solve(a - schur, rhs, describe_free)
+    # ds = -C^-1 (g_s + B^T dm); B^T dm per star = sum_rows w_row (V_row . dm)
+    jdm = normal.rows_dot_model(lin, bs, dm)
+    bt_dm = np.zeros((n_stars, s_free))
+    np.add.at(bt_dm, lin.star[with_star], w[with_star] * jdm[with_star, None])
+    ds = -(q + np.einsum("nij,nj->ni", cinv, bt_dm))
+    return dm, ds

@@ -164,3 +164,35 @@ def test_internal_fit_without_reference_needs_the_gauge_fixed():
     problem.zp[:] = 0
     with pytest.raises(ModelConstraintError, match="degenerate"):
         Fitter(problem).run()
+
+
+def test_block_assembly_equals_sparse_assembly_with_two_slots():
+    """Two parameter slots per row (chip-like and visit-like blocks), 2-D stars, reference rows."""
+    rng = np.random.default_rng(7)
+    n_star, per, n_chip, n_vis, p_chip, p_vis = 200, 5, 4, 6, 3, 5
+    vis = np.concatenate([rng.choice(n_vis, per, replace=False) for _ in range(n_star)])
+    chip = rng.integers(0, n_chip, vis.size)
+    star = np.repeat(np.arange(n_star), per)
+    n_model = n_chip * p_chip + n_vis * p_vis
+    cols = np.concatenate([chip[:, None] * p_chip + np.arange(p_chip),
+                           n_chip * p_chip + vis[:, None] * p_vis + np.arange(p_vis)], axis=1)
+    cols = np.repeat(cols, 2, axis=0)
+    n_rows = cols.shape[0]
+    n_ref = 40
+    lin = Linearization(
+        residual=rng.normal(size=n_rows + n_ref),
+        model_cols=np.vstack([cols, np.zeros((n_ref, cols.shape[1]), np.int64)]),
+        model_vals=np.vstack([rng.normal(size=cols.shape), np.zeros((n_ref, cols.shape[1]))]),
+        star=np.concatenate([np.repeat(star, 2), np.arange(n_ref)]),
+        star_vals=rng.normal(size=(n_rows + n_ref, 2)),
+        meas=np.concatenate([np.repeat(np.arange(star.size), 2), np.full(n_ref, -1)]),
+        ref_star=np.concatenate([np.full(n_rows, -1), np.arange(n_ref)]),
+        slot_ranges=((0, p_chip), (p_chip, p_chip + p_vis)),
+        slot_block=np.vstack([np.repeat(np.column_stack([chip, vis]), 2, axis=0), np.full((n_ref, 2), -1)]))
+    free = np.ones(n_model, bool)
+    free[:p_chip] = False            # a fixed chip, as in the constrained model
+    for star_free in (np.array([True, True]), np.array([False, False])):
+        fast = solve_step(lin, n_model, n_star, 2, free, star_free, method="blocks")
+        ref = solve_step(lin, n_model, n_star, 2, free, star_free, method="sparse")
+        np.testing.assert_allclose(fast.delta_model, ref.delta_model, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(fast.delta_stars, ref.delta_stars, rtol=1e-8, atol=1e-10)
