@@ -40,8 +40,8 @@ one-to-one, closest first, to *all* fitted stars within ``matchCut``. Then, as j
 ``selectFittedStars`` ("keep FittedStars which either have a minimum number of measurements, or
 are matched to a RefStar"), fitted stars with fewer than ``minMeasurements`` measurements and no
 reference match are dropped (their measurements get ``star = -1``); a reference-matched star is
-kept with a single measurement. jointcal's ``collected_refStars`` counts the catalog loaded in a
-circle around the field; here it counts reference stars that fall on a CCD.
+kept with a single measurement. ``collected_refStars`` counts, as jointcal does, the reference
+stars inside the circle jointcal loads the catalog in (:func:`reference_loading_circle`).
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ from .data import Field, ReferenceCatalog
 from .motion import propagate_reference
 from .projection import angular_separation_arcsec, sky_to_tangent, tangent_to_sky
 
-__all__ = ["Association", "associate", "overlap_graph", "connected_components", "pair_completeness_purity"]
+__all__ = ["Association", "associate", "overlap_graph", "connected_components", "pair_completeness_purity",
+           "reference_loading_circle", "count_collected_reference"]
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +303,7 @@ def _result(field: Field, config: JointcalConfig, star, star_ra, star_dec, star_
         star_meas_index=rows[np.argsort(star[rows], kind="stable")],
         meas_ra_deg=meas_ra, meas_dec_deg=meas_dec, field_center_deg=(float(center[0]), float(center[1])),
         epoch_mjd=epoch, ref_ra_deg=ref_ra, ref_dec_deg=ref_dec, ref_collected=collected,
-        collected_refStars=int(np.count_nonzero(collected)), matched_fittedStars=int(np.count_nonzero(has)),
+        collected_refStars=count_collected_reference(field, field.reference), matched_fittedStars=int(np.count_nonzero(has)),
         n_duplicates=n_duplicates,
         ccd_n_associated=np.bincount(ccd, minlength=len(field.ccd_images)).astype(np.int64),
         visit=visits.astype(np.int64),
@@ -310,6 +311,37 @@ def _result(field: Field, config: JointcalConfig, star, star_ra, star_dec, star_
 
 
 # --- pre-solve checks and scores -----------------------------------------------------------------
+
+def reference_loading_circle(field: Field) -> tuple[float, float, float]:
+    """jointcal's reference loading region (``Associations::computeBoundingCircle``).
+
+    The CCD corners on the tangent plane at the mean visit centre, their bounding box taken back
+    to (ra, dec), and the circle around that box's corners. Returns (ra_deg, dec_deg, radius_arcsec).
+    """
+    ccds = field.ccd_images
+    ra0, dec0 = _mean_direction_deg(*np.array(list(ccds.visit_centers_deg().values())).T)
+    corners = ccds.corners_deg().reshape(-1, 2)
+    xi, eta = sky_to_tangent(corners[:, 0], corners[:, 1], ra0, dec0)
+    ra, dec = tangent_to_sky(np.array([xi.min(), xi.max(), xi.max(), xi.min()]),
+                             np.array([eta.min(), eta.min(), eta.max(), eta.max()]), ra0, dec0)
+    box_ra = np.array([ra.min(), ra.max(), ra.min(), ra.max()])
+    box_dec = np.array([dec.min(), dec.min(), dec.max(), dec.max()])
+    c_ra, c_dec = _mean_direction_deg(box_ra, box_dec)
+    return c_ra, c_dec, float(angular_separation_arcsec(c_ra, c_dec, box_ra, box_dec).max())
+
+
+def count_collected_reference(field: Field, ref: ReferenceCatalog | None, band: str | None = None) -> int:
+    """jointcal's ``collected_refStars``: reference stars inside :func:`reference_loading_circle`
+    (with a valid flux and error in ``band`` when given)."""
+    if ref is None or len(ref) == 0:
+        return 0
+    c_ra, c_dec, radius = reference_loading_circle(field)
+    inside = angular_separation_arcsec(c_ra, c_dec, ref.ra_deg, ref.dec_deg) < radius
+    if band is not None and band in ref.flux_njy:
+        flux, err = ref.flux_njy[band], ref.flux_err_njy.get(band, np.full(len(ref), np.nan))
+        inside &= np.isfinite(flux) & np.isfinite(err) & (err > 0)
+    return int(np.count_nonzero(inside))
+
 
 def overlap_graph(assoc: Association, field: Field) -> np.ndarray:
     """Number of fitted stars shared by each pair of visits.

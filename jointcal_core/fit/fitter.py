@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ..exceptions import DivergenceError, NonFiniteError
 from .problem import FitGroup, FitProblem, Linearization, Stage
@@ -216,8 +217,8 @@ class Fitter:
         return int(lin.residual.size - n_model - n_star)
 
     def _record(self, status: FitStatus, n_outliers: int, step_norm: float, seconds: float,
-                message: str = "") -> FitStep:
-        step = FitStep(kind=self.problem.kind, stage=self.stage.name, iteration=len(self._history) + 1,
+                message: str = "", stage: str | None = None) -> FitStep:
+        step = FitStep(kind=self.problem.kind, stage=stage or self.stage.name, iteration=len(self._history) + 1,
                        chi2=self._lin.chi2, ndof=self._ndof(self._lin), n_outliers=n_outliers,
                        n_outliers_total=self._n_outliers_total, step_norm=step_norm, status=status,
                        seconds=seconds, message=message)
@@ -238,12 +239,16 @@ class Fitter:
     def _gauss_newton(self, t0: float) -> FitStep:
         problem = self.problem
         groups = self.stage.groups
+        name = self.stage.name
         lin = self._evaluate(jacobian=True)
         chi2_before = lin.chi2
         best = problem.get_state()
-        sol = solve_step(lin, problem.n_model_params, problem.n_stars, problem.star_dim,
-                         problem.model_param_mask(groups), problem.star_param_mask(groups),
-                         describe=problem.describe_model_param)
+        # one BLAS thread: the solve is many small products plus one modest Cholesky, and a
+        # multithreaded BLAS on a shared 2-core machine was measured 10-30x slower on them
+        with threadpool_limits(limits=1, user_api="blas"):
+            sol = solve_step(lin, problem.n_model_params, problem.n_stars, problem.star_dim,
+                             problem.model_param_mask(groups), problem.star_param_mask(groups),
+                             describe=problem.describe_model_param)
         fraction = 1.0
         problem.offset(sol.delta_model, sol.delta_stars)
         new = self._evaluate(jacobian=False)
@@ -266,16 +271,16 @@ class Fitter:
                     chi2_before=chi2_before, chi2_after=new.chi2)
             self._advance_stage()
             return self._record(FitStatus.CHI2_INCREASED, 0, 0.0, time.perf_counter() - t0,
-                                f"step raised chi2 to {new.chi2:.6g}; rolled back")
+                                f"step raised chi2 to {new.chi2:.6g}; rolled back", stage=name)
         self._lin = new
         relative = (chi2_before - new.chi2) / max(new.chi2, 1e-300)
         if relative < self.tolerance:
             self._advance_stage()
-            return self._record(FitStatus.STAGE_CONVERGED, 0, step_norm, time.perf_counter() - t0)
+            return self._record(FitStatus.STAGE_CONVERGED, 0, step_norm, time.perf_counter() - t0, stage=name)
         if self._stage_steps >= self.max_steps:
             self._advance_stage()
             return self._record(FitStatus.MAX_STEPS, 0, step_norm, time.perf_counter() - t0,
-                                f"stage {self.stage.name} reached {self.max_steps} steps")
+                                f"stage {name} reached {self.max_steps} steps", stage=name)
         return self._record(FitStatus.STEPPED, 0, step_norm, time.perf_counter() - t0)
 
     def _outlier_pass(self, t0: float) -> FitStep:

@@ -1,0 +1,97 @@
+"""Fit quality figures: jointcal's metric names plus residual rms (fitted and reserved stars).
+
+jointcal publishes, for ``astrometry_`` and ``photometry_``: ``collected_refStars``,
+``prepared_refStars``, ``matched_fittedStars``, ``prepared_fittedStars``, ``prepared_ccdImages``,
+``final_chi2``, ``final_ndof``. We add the initial chi2, outlier counts and rms figures:
+astrometric rms per axis in mas (all, per visit, per ccdImage), photometric rms and the
+repeatability of bright stars in mmag, each for the fitted and for the reserved stars.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["compute_metrics", "rms"]
+
+
+def rms(values: np.ndarray) -> float:
+    """Root mean square of the finite values (NaN when there are none)."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    return float(np.sqrt(np.mean(values ** 2))) if values.size else float("nan")
+
+
+def _grouped_rms(keys: list[str], values_sq: np.ndarray, n_axes: int) -> dict[str, float]:
+    out = {}
+    keys = np.asarray(keys)
+    for key in np.unique(keys):
+        sel = keys == key
+        out[str(key)] = float(np.sqrt(np.mean(values_sq[sel]) / n_axes))
+    return out
+
+
+def _common_counts(prefix: str, fitter, problem, association, field) -> dict:
+    from .association import count_collected_reference
+
+    lin = fitter.linearization()
+    res = problem.residuals()
+    used = np.asarray(res["used"], bool)
+    if prefix == "photometry":
+        ref = field.photometry_reference or field.reference
+        collected = count_collected_reference(field, ref, getattr(problem, "band", None))
+    else:
+        collected = int(association.collected_refStars)
+    return {
+        f"{prefix}_collected_refStars": int(collected),
+        f"{prefix}_matched_fittedStars": int(association.matched_fittedStars),
+        f"{prefix}_prepared_refStars": int(np.unique(lin.ref_star[lin.ref_star >= 0]).size),
+        f"{prefix}_prepared_fittedStars": int(np.unique(np.asarray(res["star"])[used]).size),
+        f"{prefix}_prepared_ccdImages": int(np.unique(np.asarray(res["ccd"])[used]).size),
+        f"{prefix}_final_chi2": float(fitter.chi2),
+        f"{prefix}_final_ndof": int(fitter.ndof),
+        f"{prefix}_n_outliers": int(fitter.n_outliers),
+    }
+
+
+def compute_metrics(joint) -> dict:
+    """All metrics of a :class:`~jointcal_core.pipeline.JointFit`, as a JSON-ready dict."""
+    field = joint.prepared.field
+    association = joint.prepared.association
+    labels = np.array([f"{v}-{d}" for v, d in zip(field.ccd_images.visit, field.ccd_images.detector)])
+    metrics: dict = {}
+    for kind, fitter in joint.fitters.items():
+        problem = joint.problems[kind]
+        metrics.update(_common_counts(kind, fitter, problem, joint.associations.get(kind, association), field))
+        chi2_0, ndof_0 = joint.initial_chi2[kind]
+        metrics[f"{kind}_initial_chi2"] = float(chi2_0)
+        metrics[f"{kind}_initial_ndof"] = int(ndof_0)
+        res = problem.residuals()
+        used = np.asarray(res["used"], bool)
+        reserved = np.asarray(res["reserved"], bool)
+        ccd = np.asarray(res["ccd"])
+        if kind == "astrometry":
+            d2 = np.asarray(res["dx_mas"]) ** 2 + np.asarray(res["dy_mas"]) ** 2
+            metrics["astrometry_rms_mas"] = float(np.sqrt(np.mean(d2[used]) / 2)) if used.any() else float("nan")
+            metrics["astrometry_rms_x_mas"] = rms(np.asarray(res["dx_mas"])[used])
+            metrics["astrometry_rms_y_mas"] = rms(np.asarray(res["dy_mas"])[used])
+            visits = field.ccd_images.visit[ccd].astype(str)
+            metrics["astrometry_rms_mas_per_visit"] = _grouped_rms(list(visits[used]), d2[used], 2)
+            metrics["astrometry_rms_mas_per_ccd"] = _grouped_rms(list(labels[ccd][used]), d2[used], 2)
+            ok = reserved & np.isfinite(d2)
+            metrics["astrometry_reserved_rms_mas"] = float(np.sqrt(np.mean(d2[ok]) / 2)) if ok.any() else None
+            metrics["astrometry_reserved_n"] = int(ok.sum())
+        else:
+            r = np.asarray(res["residual_mmag"])
+            metrics["photometry_rms_mmag"] = rms(r[used])
+            visits = field.ccd_images.visit[ccd].astype(str)
+            metrics["photometry_rms_mmag_per_visit"] = _grouped_rms(list(visits[used]), r[used] ** 2, 1)
+            ok = reserved & np.isfinite(r)
+            metrics["photometry_reserved_rms_mmag"] = rms(r[ok]) if ok.any() else None
+            metrics["photometry_reserved_n"] = int(ok.sum())
+            if hasattr(problem, "repeatability_mmag"):
+                rep = problem.repeatability_mmag()
+                if isinstance(rep, dict):
+                    metrics.update({f"photometry_repeatability_{k}": v for k, v in rep.items()})
+                else:
+                    metrics["photometry_repeatability_mmag"] = rep
+    return metrics

@@ -1,0 +1,63 @@
+"""2-D Chebyshev polynomials of bounded total degree over an explicit rectangular domain.
+
+The photometric visit models use this (jointcal's ``PhotometryTransformChebyshev``): a
+polynomial ``sum_k a_k T_i(x') T_j(y')`` over the terms with ``i + j <= order``, where
+``x', y'`` are ``x, y`` mapped from the domain box to [-1, 1]. The domain is stored with the
+coefficients so the model can be exported and evaluated elsewhere.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["chebyshev_terms", "chebyshev_basis", "to_unit_square"]
+
+
+def chebyshev_terms(order: int) -> np.ndarray:
+    """Degrees ``(i, j)`` of the terms with ``i + j <= order``, shape (n_terms, 2).
+
+    Ordered by total degree, then by decreasing ``i``: (0,0), (1,0), (0,1), (2,0), (1,1), ...
+    Term 0 is the constant.
+    """
+    return np.array([(d - j, j) for d in range(order + 1) for j in range(d + 1)], dtype=np.int64).reshape(-1, 2)
+
+
+def to_unit_square(x: np.ndarray, y: np.ndarray, box) -> tuple[np.ndarray, np.ndarray]:
+    """Map ``(x, y)`` from the box ``(x_min, y_min, x_max, y_max)`` to [-1, 1]^2."""
+    x0, y0, x1, y1 = (float(b) for b in box)
+    return ((2 * np.asarray(x, float) - (x0 + x1)) / (x1 - x0),
+            (2 * np.asarray(y, float) - (y0 + y1)) / (y1 - y0))
+
+
+def _chebyshev_1d(t: np.ndarray, order: int) -> np.ndarray:
+    """T_0 .. T_order at ``t``, shape (n, order + 1), by the three-term recurrence."""
+    out = np.empty((t.size, order + 1))
+    out[:, 0] = 1.0
+    if order >= 1:
+        out[:, 1] = t
+    for k in range(2, order + 1):
+        out[:, k] = 2 * t * out[:, k - 1] - out[:, k - 2]
+    return out
+
+
+def chebyshev_basis(x: np.ndarray, y: np.ndarray, order: int, box) -> np.ndarray:
+    """Design matrix of the 2-D Chebyshev terms at ``(x, y)``.
+
+    Parameters
+    ----------
+    x, y : ndarray, shape (n,)
+        Points, in the units of ``box``.
+    order : int
+        Maximum total degree.
+    box : sequence of 4 floats
+        Domain ``(x_min, y_min, x_max, y_max)`` mapped to [-1, 1]^2.
+
+    Returns
+    -------
+    ndarray, shape (n, n_terms)
+        Column ``k`` is ``T_i(x') T_j(y')`` for ``(i, j) = chebyshev_terms(order)[k]``.
+    """
+    xs, ys = to_unit_square(np.ravel(x), np.ravel(y), box)
+    tx, ty = _chebyshev_1d(xs, order), _chebyshev_1d(ys, order)
+    terms = chebyshev_terms(order)
+    return tx[:, terms[:, 0]] * ty[:, terms[:, 1]]
