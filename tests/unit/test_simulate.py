@@ -122,7 +122,7 @@ def test_reference_catalog_is_gaia_like(sim):
     assert len(ref) == pytest.approx(0.95 * eligible.size, rel=0.05)
     assert np.all((ref.ra_err_mas >= 0.2) & (ref.ra_err_mas <= 1.0))
     assert np.all((ref.pm_ra_err_masyr >= 0.1) & (ref.pm_ra_err_masyr <= 0.5))
-    assert ref.has_proper_motion and np.all(ref.epoch_mjd == 57388.0)
+    assert ref.has_proper_motion and np.all(ref.epoch_mjd == 57388.5)
     pull = (ref.pm_ra_masyr - t.star_pm_ra_masyr[ref.source_id]) / ref.pm_ra_err_masyr
     assert np.std(pull) == pytest.approx(1.0, abs=0.1)
     sep_mas = angular_separation_arcsec(ref.ra_deg, ref.dec_deg, t.star_ra_deg[ref.source_id],
