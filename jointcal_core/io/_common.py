@@ -54,6 +54,8 @@ def require_columns(names, required, *, path, what="catalog", visit=None, detect
         found = pick(names, alternatives)
         if found is None:
             shown = ", ".join(names[:40]) + (" ..." if len(names) > 40 else "")
+            if "X_WORLD" in names and not any(n.endswith("_IMAGE") for n in names):
+                hint = hint + "; it looks like a reference catalog: pass it with --refcat"
             raise InputError(f"{what} has no column {' or '.join(repr(a) for a in alternatives)} "
                              f"(columns: {shown}){hint}", path=str(path), visit=visit, detector=detector)
         out.append(found)

@@ -52,13 +52,30 @@ def _table_files(folder: Path) -> list[Path]:
 
 
 def _expand(inputs, fmt: str) -> list[Path]:
+    """Files to read: folders expand to their catalogs (for LDAC: exposure catalogs only, so a
+    reference catalog or a parquet beside them is left out)."""
     out = []
     for p in inputs:
         if p.is_dir() and fmt != "lsst":
-            out.extend(_table_files(p))
+            files = _table_files(p)
+            if fmt == "ldac":
+                files = [f for f in files if is_ldac(f) and not _is_reference_ldac(f)]
+            out.extend(files)
         else:
             out.append(p)
     return out
+
+
+def _is_reference_ldac(path: Path) -> bool:
+    """An LDAC file with sky but no pixel columns (a SCAMP reference catalog)."""
+    from astropy.io import fits
+    try:
+        with fits.open(path, memmap=True) as hdul:
+            names = [n.upper() for hdu in hdul[1:] if getattr(hdu, "columns", None) is not None
+                     for n in hdu.columns.names]
+    except (OSError, ValueError):
+        return False
+    return "X_WORLD" in names and not any(n in names for n in ("XWIN_IMAGE", "X_IMAGE"))
 
 
 def _read(fmt: str, paths: list[Path], flux_type: str):
@@ -118,7 +135,12 @@ def load_field(inputs, refcat=None, photometry_refcat=None, config=None, format:
         raise InputError(f"inputs mix formats ({listing}); fit one kind at a time or force one with --format")
     fmt = kinds[0]
     flux_type = getattr(config, "sourceFluxType", "") if config is not None else ""
-    ccds, meas = _read(fmt, _expand(inputs, fmt), flux_type)
+    # a reference catalog caught by a glob or a folder (``*.cat``) is not an exposure
+    references = {Path(r).resolve() for r in (refcat, photometry_refcat) if r is not None}
+    paths = [p for p in _expand(inputs, fmt) if p.resolve() not in references]
+    if not paths:
+        raise InputError("no exposure catalogs among the inputs (only the reference catalog)")
+    ccds, meas = _read(fmt, paths, flux_type)
     bands = sorted({b for b in ccds.band if b})
     if len(bands) > 1:
         per_band = "; ".join(f"{b}: visits {sorted(set(int(v) for v in ccds.visit[ccds.band == b]))}" for b in bands)

@@ -10,7 +10,7 @@ from jointcal_core.data import ReferenceCatalog
 from jointcal_core.motion import earth_barycentric_au, propagate_errors, propagate_reference
 from jointcal_core.projection import angular_separation_arcsec
 
-GAIA_DR3_EPOCH_MJD = 57388.0   # J2016.0
+GAIA_DR3_EPOCH_MJD = 57388.5   # J2016.0
 TEN_YEARS_LATER = GAIA_DR3_EPOCH_MJD + 3652.5
 
 
