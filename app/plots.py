@@ -1,0 +1,146 @@
+"""Pure functions from the data model to tables and HoloViews elements (no panel, no state).
+
+Shared by the app's views and, later, the HTML report. Sky plots put RA increasing to the left,
+as on the sky seen from inside; RA is unwrapped around the field centre so fields across RA = 0
+draw in one piece.
+"""
+
+from __future__ import annotations
+
+import holoviews as hv
+import holoviews.plotting.bokeh  # noqa: F401  (registers the bokeh backend the options below need)
+import numpy as np
+import pandas as pd
+from astropy.time import Time
+from bokeh.palettes import Category10_10, Turbo256
+
+from jointcal_core.data import Field
+
+__all__ = ["EXCLUDED_COLOR", "visit_colors", "unwrap_ra_deg", "field_center_deg", "visit_table",
+           "visit_table_empty", "footprint_records", "footprint_map", "visit_at", "visits_in_box"]
+
+#: fill colour of visits left out of the fit
+EXCLUDED_COLOR = "#d0d0d0"
+
+VISIT_TABLE_COLUMNS = ["visit", "band", "mjd", "date", "airmass", "n_ccds", "n_sources"]
+
+
+def visit_colors(visits: np.ndarray) -> dict[int, str]:
+    """A distinct colour per visit (Category10 up to 10 visits, then samples of Turbo)."""
+    visits = [int(v) for v in visits]
+    if len(visits) <= len(Category10_10):
+        palette = list(Category10_10)
+    else:
+        palette = [Turbo256[i] for i in np.linspace(20, 235, len(visits)).astype(int)]
+    return {v: palette[i] for i, v in enumerate(visits)}
+
+
+def unwrap_ra_deg(ra_deg: np.ndarray, center_ra_deg: float) -> np.ndarray:
+    """RA moved by multiples of 360 deg to lie within 180 deg of ``center_ra_deg``."""
+    return center_ra_deg + (np.asarray(ra_deg) - center_ra_deg + 180.0) % 360.0 - 180.0
+
+
+def field_center_deg(field: Field) -> tuple[float, float]:
+    """Mean sky direction of the visit centres, (ra, dec) deg."""
+    centers = np.array(list(field.ccd_images.visit_centers_deg().values()))
+    ra, dec = np.radians(centers[:, 0]), np.radians(centers[:, 1])
+    x, y, z = (np.sum(np.cos(dec) * np.cos(ra)), np.sum(np.cos(dec) * np.sin(ra)), np.sum(np.sin(dec)))
+    return float(np.degrees(np.arctan2(y, x)) % 360.0), float(np.degrees(np.arctan2(z, np.hypot(x, y))))
+
+
+def visit_table_empty() -> pd.DataFrame:
+    """The visit table with its columns and no row."""
+    return pd.DataFrame({"visit": pd.Series(dtype="int64"), "band": pd.Series(dtype=object),
+                         "mjd": pd.Series(dtype=float), "date": pd.Series(dtype=object),
+                         "airmass": pd.Series(dtype=float), "n_ccds": pd.Series(dtype="int64"),
+                         "n_sources": pd.Series(dtype="int64")})[VISIT_TABLE_COLUMNS]
+
+
+def visit_table(field: Field) -> pd.DataFrame:
+    """One row per visit: visit, band, mjd, date (ISO UTC), airmass, n_ccds, n_sources.
+
+    ``mjd`` and ``airmass`` are the means over the visit's CCDs (rounded to 1e-5 d and 1e-3).
+    """
+    ccds = field.ccd_images
+    per_ccd = pd.DataFrame({"visit": ccds.visit, "band": ccds.band, "mjd": ccds.mjd, "airmass": ccds.airmass,
+                            "n_sources": np.bincount(field.measurements.ccd, minlength=len(ccds))})
+    table = per_ccd.groupby("visit", sort=True).agg(
+        band=("band", "first"), mjd=("mjd", "mean"), airmass=("airmass", "mean"),
+        n_ccds=("visit", "size"), n_sources=("n_sources", "sum")).reset_index()
+    finite = np.isfinite(table["mjd"].to_numpy())
+    dates = np.full(len(table), "", dtype=object)
+    if finite.any():
+        dates[finite] = Time(table["mjd"].to_numpy()[finite], format="mjd", scale="utc").strftime("%Y-%m-%d %H:%M")
+    table["date"] = dates
+    table["mjd"] = table["mjd"].round(5)
+    table["airmass"] = table["airmass"].round(3)
+    return table[VISIT_TABLE_COLUMNS]
+
+
+def _corners_plot_deg(field: Field) -> np.ndarray:
+    """CCD corners (n, 4, 2) with RA unwrapped around the field centre."""
+    corners = field.ccd_images.corners_deg()
+    corners[..., 0] = unwrap_ra_deg(corners[..., 0], field_center_deg(field)[0])
+    return corners
+
+
+def footprint_records(field: Field, selected_visits) -> list[dict]:
+    """One dict per CCD for ``hv.Polygons``: ra, dec (corners, deg), visit, detector, color, state."""
+    corners = _corners_plot_deg(field)
+    ccds = field.ccd_images
+    colors = visit_colors(ccds.visits)
+    selected = set(int(v) for v in selected_visits)
+    records = []
+    for i in range(len(ccds)):  # one polygon per CCD (10^4 at most), not per star
+        visit = int(ccds.visit[i])
+        chosen = visit in selected
+        records.append({"ra": corners[i, :, 0], "dec": corners[i, :, 1], "visit": visit,
+                        "detector": int(ccds.detector[i]), "color": colors[visit] if chosen else EXCLUDED_COLOR,
+                        "state": "fitted" if chosen else "excluded"})
+    return records
+
+
+def footprint_map(field: Field | None, selected_visits) -> hv.Polygons:
+    """Sky map of every CCD footprint, coloured by visit (excluded visits grey), RA to the left."""
+    vdims = ["visit", "detector", "color", "state"]
+    records = [] if field is None else footprint_records(field, selected_visits)
+    polys = hv.Polygons(records, kdims=["ra", "dec"], vdims=vdims)
+    return polys.opts(color="color", line_color="color", fill_alpha=0.12, line_width=1.5,
+                      invert_xaxis=True, xlabel="RA (deg)", ylabel="Dec (deg)", data_aspect=1,
+                      tools=["hover", "tap", "box_select"], active_tools=["wheel_zoom"],
+                      responsive=True, min_height=420)
+
+
+def _inside(corners: np.ndarray, x: float, y: float) -> np.ndarray:
+    """Whether (x, y) lies inside each convex quadrilateral ``corners`` (n, 4, 2)."""
+    a = corners
+    b = np.roll(corners, -1, axis=1)
+    cross = (b[..., 0] - a[..., 0]) * (y - a[..., 1]) - (b[..., 1] - a[..., 1]) * (x - a[..., 0])
+    return np.all(cross >= 0, axis=1) | np.all(cross <= 0, axis=1)
+
+
+def visit_at(field: Field, ra_deg: float, dec_deg: float) -> int | None:
+    """The visit of the CCD under a click: of the CCDs containing it, the one centred nearest.
+
+    ``ra_deg`` is in the map's unwrapped RA. Returns None when no CCD contains the point.
+    """
+    corners = _corners_plot_deg(field)
+    hit = np.flatnonzero(_inside(corners, ra_deg, dec_deg))
+    if hit.size == 0:
+        return None
+    centers = corners[hit].mean(axis=1)
+    scale = np.cos(np.radians(dec_deg))
+    d2 = ((centers[:, 0] - ra_deg) * scale) ** 2 + (centers[:, 1] - dec_deg) ** 2
+    return int(field.ccd_images.visit[hit[np.argmin(d2)]])
+
+
+def visits_in_box(field: Field, bounds: tuple[float, float, float, float]) -> list[int]:
+    """Visits whose centre lies in the box ``(ra0, dec0, ra1, dec1)`` (map coordinates, any order)."""
+    ra0, dec0, ra1, dec1 = bounds
+    centers = field.ccd_images.visit_centers_deg()
+    visits = np.array(list(centers), dtype=np.int64)
+    xy = np.array(list(centers.values()))
+    ra = unwrap_ra_deg(xy[:, 0], field_center_deg(field)[0])
+    inside = ((ra >= min(ra0, ra1)) & (ra <= max(ra0, ra1))
+              & (xy[:, 1] >= min(dec0, dec1)) & (xy[:, 1] <= max(dec0, dec1)))
+    return [int(v) for v in visits[inside]]

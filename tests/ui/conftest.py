@@ -1,0 +1,148 @@
+"""Browser-test infrastructure: a real ``panel serve`` and Debian's Chromium through Playwright.
+
+- ``app_server``: one ``panel serve app/main.py tests/ui/synthetic_app.py`` on a free port of
+  127.0.0.1 for the whole run, started in a subprocess and awaited by polling its URL. Its data
+  root is a temporary directory holding a ``field`` folder and a symlink leading out of it, and
+  ``/main`` starts on the empty state (``JOINTCAL_FIELD=none``).
+- ``browser_context``: ``/usr/bin/chromium`` (never a Playwright-downloaded browser) headless,
+  with a fresh user-data directory.
+- ``page``: a new tab that records console errors, page errors and every request URL.
+- ``screenshot(page, name)``: saves ``test-artifacts/ui/<name>.png`` (git-ignored).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts" / "ui"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SERVER_START_TIMEOUT_S = 90
+#: how long an expect() waits for its condition; generous because CI shares two cores
+EXPECT_TIMEOUT_MS = 20_000
+
+
+@dataclass
+class AppServer:
+    base_url: str
+    data_root: Path
+    outside: Path
+
+    def url(self, app: str = "main") -> str:
+        return f"{self.base_url}/{app}"
+
+
+@dataclass
+class PageLog:
+    console_errors: list = field(default_factory=list)
+    requests: list = field(default_factory=list)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_until_serving(url: str, proc: subprocess.Popen, log_path: Path) -> None:
+    """Poll ``url`` until it answers 200; fail early if the server process exits."""
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        try:  # doubles as the pause between polls, and notices a crashed server at once
+            proc.wait(timeout=0.25)
+        except subprocess.TimeoutExpired:
+            continue
+        pytest.fail(f"panel serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+    pytest.fail(f"panel serve did not answer {url} within {SERVER_START_TIMEOUT_S} s:\n"
+                f"{log_path.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory) -> AppServer:
+    """A real ``panel serve`` of the app (and of the synthetic-field app) on 127.0.0.1."""
+    root = tmp_path_factory.mktemp("data_root")
+    outside = tmp_path_factory.mktemp("outside")
+    (outside / "secret.cat").write_text("not for the app\n")
+    (root / "field").mkdir()
+    (root / "leak").symlink_to(outside, target_is_directory=True)
+    port = _free_port()
+    panel = Path(sys.executable).with_name("panel")
+    cmd = [str(panel), "serve", "app/main.py", "tests/ui/synthetic_app.py", "--port", str(port),
+           "--address", "127.0.0.1", f"--allow-websocket-origin=127.0.0.1:{port}", "--warm"]
+    env = {**os.environ, "JOINTCAL_DATA_ROOT": str(root), "JOINTCAL_FIELD": "none"}
+    log_path = tmp_path_factory.mktemp("server") / "panel-serve.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_serving(f"{base}/", proc, log_path)  # the index answers once --warm is done
+        yield AppServer(base_url=base, data_root=root, outside=outside)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def browser_context(tmp_path_factory):
+    """Headless Debian Chromium with a fresh profile (Playwright's own browsers are never used)."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: run `make test` (it installs Debian's chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
+
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(profile), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1400, "height": 950})
+        context.set_default_timeout(2 * EXPECT_TIMEOUT_MS)
+        try:
+            yield context
+        finally:
+            context.close()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture
+def page(browser_context):
+    """A new tab; ``page.jointcal_log`` holds its console errors and requested URLs."""
+    tab = browser_context.new_page()
+    log = PageLog()
+    tab.on("console", lambda msg: log.console_errors.append(msg.text) if msg.type == "error" else None)
+    tab.on("pageerror", lambda exc: log.console_errors.append(f"page error: {exc}"))
+    tab.on("request", lambda req: log.requests.append(req.url))
+    tab.jointcal_log = log
+    yield tab
+    tab.close()
+
+
+def screenshot(page, name: str) -> Path:
+    """Save a full-page screenshot as ``test-artifacts/ui/<name>.png``."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
