@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from astropy.table import Table
+from threadpoolctl import threadpool_limits
 
 from ..calibration import Calibration
 from ..exceptions import JointcalWarning
@@ -95,6 +96,12 @@ def photometry_table(joint, rows: np.ndarray) -> Table:
 
 def write_model_files(tmp: Path, joint) -> None:
     """Write everything the fitted models define into the (temporary) output folder."""
+    # thousands of small least-squares fits: one BLAS thread is much faster on a shared machine
+    with threadpool_limits(limits=1, user_api="blas"):
+        _write_model_files(tmp, joint)
+
+
+def _write_model_files(tmp: Path, joint) -> None:
     field = joint.prepared.field
     ccd = field.ccd_images
     rows = fitted_ccds(joint)

@@ -36,7 +36,7 @@ from astropy.io import fits
 
 from ..exceptions import InputError, JointcalWarning, OutputError
 from .wcs_fits import (FidelityReport, PixelToSky, _check_bbox, _header_to_wcs, _sample, _tangent_point,
-                       fit_tangent_polynomial, measure_fidelity, pixel_grid)
+                       first_candidate_order, fit_tangent_polynomial, measure_fidelity, pixel_grid)
 
 __all__ = ["fit_tpv", "tpv_header", "write_scamp_head", "read_scamp_head", "scamp_photometry",
            "TPV_TERM_START"]
@@ -122,10 +122,12 @@ def fit_tpv(pixel_to_sky: PixelToSky, bbox, tangent_point_deg=None, max_order: i
     x_fit, y_fit = pixel_grid(bbox, n_grid)
     _, _, xi, eta = _sample(pixel_to_sky, x_fit, y_fit, crval)
     x_chk, y_chk = pixel_grid(bbox, n_grid + 1)
-    ra_chk, dec_chk, *_ = _sample(pixel_to_sky, x_chk, y_chk, crval)
+    ra_chk, dec_chk, xi_chk, eta_chk = _sample(pixel_to_sky, x_chk, y_chk, crval)
     u, v = x_fit - centre[0], y_fit - centre[1]
+    start = first_candidate_order(u, v, xi, eta, x_chk - centre[0], y_chk - centre[1], xi_chk, eta_chk,
+                                  max_order, rms_mas, max_mas)
     best = None
-    for order in range(1, max_order + 1):
+    for order in range(start, max_order + 1):
         terms, c_xi, c_eta = fit_tangent_polynomial(u, v, xi, eta, order)
         lin = {t: (cx, ce) for t, cx, ce in zip(terms, c_xi, c_eta)}
         cd = np.array([[lin[(1, 0)][0], lin[(0, 1)][0]], [lin[(1, 0)][1], lin[(0, 1)][1]]])
