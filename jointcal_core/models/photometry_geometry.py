@@ -26,8 +26,11 @@ class FocalPlane:
     """Pixel -> focal-plane coordinates for the ccdImages of a field.
 
     With ``field.camera``: the camera's affine pixel -> focal map (degrees at nominal scale).
-    Without: each CCD's input WCS to the sky, then the gnomonic projection at its visit's
-    tangent point (:meth:`CcdImages.visit_centers_deg`), in degrees.
+    Without: for each CCD, the affine map that best fits its input WCS projected on its visit's
+    tangent plane (:meth:`CcdImages.visit_centers_deg`), in degrees. Affine either way, so the
+    photometric model stays a polynomial in pixels and ``calibration.json`` records it exactly;
+    the optical distortion left out (arcseconds at the field edge) is irrelevant for a smooth
+    illumination pattern.
 
     Attributes
     ----------
@@ -39,7 +42,7 @@ class FocalPlane:
     def __init__(self, field: Field):
         self._ccds = field.ccd_images
         self._camera = field.camera
-        self._centers = None if self._camera is not None else self._ccds.visit_centers_deg()
+        self._affine = None if self._camera is not None else self._fit_affines()
         if self._camera is not None:
             missing = np.setdiff1d(np.unique(self._ccds.detector), self._camera.detector)
             if missing.size:
@@ -62,16 +65,25 @@ class FocalPlane:
         x, y = np.asarray(x, float), np.asarray(y, float)
         if self._camera is not None:
             return self._camera.to_focal(self._ccds.detector[ccd], x, y)
-        u, v = np.full(x.size, np.nan), np.full(x.size, np.nan)
-        order = np.argsort(ccd, kind="stable")
-        bounds = np.flatnonzero(np.diff(ccd[order])) + 1
-        for rows in np.split(order, bounds):       # one vectorised WCS call per ccdImage
-            if rows.size == 0:
-                continue
-            i = int(ccd[rows[0]])
-            ra, dec = self._ccds.wcs[i].all_pix2world(x[rows], y[rows], 0)
-            u[rows], v[rows] = sky_to_tangent(ra, dec, *self._centers[int(self._ccds.visit[i])])
-        return u, v
+        m = self._affine[ccd]
+        return (m[:, 0, 0] * x + m[:, 0, 1] * y + m[:, 0, 2], m[:, 1, 0] * x + m[:, 1, 1] * y + m[:, 1, 2])
+
+    def _fit_affines(self) -> np.ndarray:
+        """Per ccdImage, the affine (2, 3) pixel -> visit tangent plane fitted to its input WCS."""
+        ccds = self._ccds
+        centers = ccds.visit_centers_deg()
+        out = np.full((len(ccds), 2, 3), np.nan)
+        g = np.linspace(0.0, 1.0, 5)
+        for i, wcs in enumerate(ccds.wcs):
+            x0, y0, x1, y1 = ccds.bbox[i]
+            gx, gy = np.meshgrid(x0 + g * (x1 - x0), y0 + g * (y1 - y0))
+            gx, gy = gx.ravel(), gy.ravel()
+            ra, dec = wcs.all_pix2world(gx, gy, 0)
+            u, v = sky_to_tangent(ra, dec, *centers[int(ccds.visit[i])])
+            design = np.column_stack([gx, gy, np.ones_like(gx)])
+            coef, *_ = np.linalg.lstsq(design, np.column_stack([u, v]), rcond=None)
+            out[i] = coef.T
+        return out
 
 
 def reference_mags(ref: ReferenceCatalog, band: str, config) -> tuple[np.ndarray, np.ndarray]:
