@@ -11,11 +11,12 @@ import argparse
 import logging
 import signal
 import sys
+import warnings
 
 import numpy as np
 
 from .config import JointcalConfig
-from .exceptions import ConfigError, JointcalError
+from .exceptions import ConfigError, JointcalError, JointcalWarning
 
 __all__ = ["main", "build_parser"]
 
@@ -191,6 +192,10 @@ def main(argv=None, return_results: bool = False):
     _setup_logging(args)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
     results = None
+    shown = warnings.catch_warnings()
+    shown.__enter__()
+    warnings.showwarning = _show_warning
+    warnings.simplefilter("default", JointcalWarning)   # each distinct warning once
     try:
         config = load_config(args)
         if not args.inputs and not getattr(args, "manifest", None):
@@ -206,7 +211,14 @@ def main(argv=None, return_results: bool = False):
     except KeyboardInterrupt:
         print("jointcal: interrupted; no output was written", file=sys.stderr)
         status = EXIT_INTERRUPTED
+    except Exception as exc:  # a bug, not a user mistake: still one line (the traceback with -v)
+        if args.verbose:
+            log.debug("internal error", exc_info=True)
+        print(f"jointcal: error: internal error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+              "; please report it with the command line (-v shows the traceback)", file=sys.stderr)
+        status = JointcalError.exit_code
     finally:
+        shown.__exit__(None, None, None)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     if return_results:
@@ -217,6 +229,14 @@ def main(argv=None, return_results: bool = False):
 def _main_thread() -> bool:
     import threading
     return threading.current_thread() is threading.main_thread()
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Degraded-input warnings as one ``jointcal: warning: ...`` line; library warnings only with -v."""
+    if issubclass(category, JointcalWarning):
+        print(f"jointcal: warning: {message}", file=sys.stderr)
+    else:
+        log.debug("%s: %s (%s:%d)", category.__name__, message, filename, lineno)
 
 
 def _raise_interrupt(signum, frame):

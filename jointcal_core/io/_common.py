@@ -7,22 +7,48 @@ from __future__ import annotations
 
 import re
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
+from astropy.io.fits.verify import VerifyWarning
 from astropy.time import Time
 from astropy.wcs import WCS, FITSFixedWarning
 
 from ..exceptions import InputError, JointcalWarning
 
 __all__ = ["require_columns", "wcs_from_header", "mjd_from_header", "zp_from_header", "bbox_from_header",
-           "ellipse_to_covariance", "fit_tan_sip", "pick", "visit_from_stem"]
+           "ellipse_to_covariance", "fit_tan_sip", "pick", "visit_from_stem", "strict_fits", "fits_problem"]
 
 #: header keywords holding a zero point (AB mag of one count), in order of preference
 ZP_KEYWORDS = ("MAGZEROP", "PHOTZP", "MAGZERO", "MAGZPT")
 _SIP_KEY = re.compile(r"^(A|B|AP|BP)_(\d+_\d+|ORDER|DMAX)$")
 _PV_KEY = re.compile(r"^PV[12]_(\d+)$")
+
+
+@contextmanager
+def strict_fits():
+    """Within this block a truncated FITS file raises (astropy only warns and reads what is there)
+    and astropy's header-repair warnings stay quiet (they would flood the terminal)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VerifyWarning)
+        warnings.filterwarnings("error", message=".*may have been truncated")
+        yield
+
+
+def fits_problem(path) -> str | None:
+    """Why ``path`` cannot be read as a FITS file (empty, truncated, not FITS), or None if it can."""
+    path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        return "the file is empty (0 bytes)"
+    try:
+        with strict_fits(), fits.open(path, memmap=False) as hdus:
+            hdus.readall()
+    except Exception as exc:  # astropy raises OSError, ValueError, warnings-as-errors...
+        first = (str(exc).splitlines() or [""])[0]
+        return f"cannot read as FITS ({type(exc).__name__}: {first}); the file is truncated or not FITS"
+    return None
 
 
 def pick(names, candidates) -> str | None:
@@ -54,7 +80,7 @@ def require_columns(names, required, *, path, what="catalog", visit=None, detect
         found = pick(names, alternatives)
         if found is None:
             shown = ", ".join(names[:40]) + (" ..." if len(names) > 40 else "")
-            if "X_WORLD" in names and not any(n.endswith("_IMAGE") for n in names):
+            if "X_WORLD" in names and not any(n.endswith("_IMAGE") for n in names) and "reference" not in what:
                 hint = hint + "; it looks like a reference catalog: pass it with --refcat"
             raise InputError(f"{what} has no column {' or '.join(repr(a) for a in alternatives)} "
                              f"(columns: {shown}){hint}", path=str(path), visit=visit, detector=detector)

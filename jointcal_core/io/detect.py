@@ -13,6 +13,7 @@ import numpy as np
 
 from ..data import Field
 from ..exceptions import InputError
+from ._common import fits_problem
 from .ldac import is_ldac, read_ldac_exposures
 from .lsst import is_lsst_repo, read_lsst_repo, read_lsst_source_table
 from .plain import read_plain_catalogs
@@ -21,6 +22,7 @@ from .refcat import read_reference
 __all__ = ["load_field", "detect_format", "FORMATS"]
 
 FORMATS = ("ldac", "lsst", "plain")
+_FITS_SUFFIXES = (".fits", ".fit", ".cat", ".ldac", ".fz")
 _TABLE_SUFFIXES = (".psx", ".ecsv", ".csv", ".fits", ".fit", ".cat", ".ldac", ".parq", ".parquet")
 
 
@@ -39,6 +41,8 @@ def detect_format(path) -> str:
         return "ldac" if is_ldac(files[0]) else "plain"
     if is_ldac(path):
         return "ldac"
+    if path.suffix.lower() in _FITS_SUFFIXES and (problem := fits_problem(path)) is not None:
+        raise InputError(problem, path=str(path))
     if path.suffix.lower() in (".parq", ".parquet") and path.name.startswith("sourceTable"):
         return "lsst"
     return "plain"

@@ -17,7 +17,7 @@ from astropy.io import fits
 from ..data import CcdImages, Measurements
 from ..exceptions import InputError
 from ._common import (bbox_from_header, ellipse_to_covariance, header_float, mjd_from_header, pick,
-                      require_columns, visit_from_stem, warn, wcs_from_header, zp_from_header)
+                      require_columns, strict_fits, visit_from_stem, warn, wcs_from_header, zp_from_header)
 
 __all__ = ["read_ldac_exposures", "read_ldac_header", "read_ahead", "is_ldac", "DEFAULT_LDAC_FLUX"]
 
@@ -29,7 +29,7 @@ _AHEAD_SKIP = {"", "COMMENT", "HISTORY", "END", "SIMPLE", "BITPIX", "NAXIS", "EX
 def is_ldac(path) -> bool:
     """True when ``path`` is a FITS file holding an ``LDAC_IMHEAD`` or ``LDAC_OBJECTS`` extension."""
     try:
-        with fits.open(path, memmap=False) as hdus:
+        with strict_fits(), fits.open(path, memmap=False) as hdus:
             return any(h.name in ("LDAC_IMHEAD", "LDAC_OBJECTS") for h in hdus)
     except Exception:  # not FITS at all: not LDAC
         return False
@@ -82,7 +82,11 @@ def _errors(names, path, visit, detector, win: bool, table):
     for a, b, c, kind in sets:
         if a in names and b in names and c in names:
             u, v, w = (np.asarray(table[k], float) for k in (a, b, c))
-            return ellipse_to_covariance(u, v, w) if kind == "ellipse" else (u, v, w)
+            if kind == "moments":
+                return u, v, w
+            var_x, var_y, cov = ellipse_to_covariance(u, v, w)
+            negative = (u < 0) | (v < 0)   # squaring would hide it: keep it negative for the selection
+            return np.where(negative, -var_x, var_x), np.where(negative, -var_y, var_y), cov
     raise InputError("LDAC_OBJECTS has no position errors (ERRAWIN_IMAGE/ERRBWIN_IMAGE/ERRTHETAWIN_IMAGE, "
                      f"ERRX2WIN_IMAGE... or ERRA_IMAGE...); columns: {', '.join(names)}", path=str(path),
                      visit=visit, detector=detector)
@@ -119,9 +123,10 @@ def _read_objects(table, path, visit, detector, flux_type):
 
 def _read_one(path: Path, visit: int, flux_type: str, ahead_blocks):
     try:
-        hdus = fits.open(path, memmap=False)
-        hdus.verify("silentfix")
-        names = [h.name for h in hdus]
+        with strict_fits():
+            hdus = fits.open(path, memmap=False)
+            hdus.verify("silentfix")
+            names = [h.name for h in hdus]
     except Exception as exc:
         raise InputError(f"cannot read FITS_LDAC catalog ({type(exc).__name__}: {exc}); the file is "
                          "missing, truncated or not FITS", path=str(path)) from None

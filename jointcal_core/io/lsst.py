@@ -38,7 +38,8 @@ from astropy.io import fits
 
 from ..data import AB_NJY_ZP, CcdImages, Measurements
 from ..exceptions import InputError
-from ._common import bbox_from_header, fit_tan_sip, header_float, pick, require_columns, warn, wcs_from_header
+from ._common import (bbox_from_header, fit_tan_sip, fits_problem, header_float, pick, require_columns, strict_fits,
+                      warn, wcs_from_header)
 
 __all__ = ["read_lsst_repo", "read_lsst_source_table", "read_lsst_refcat", "read_photocalib_mean", "read_visit_info",
            "LSST_FLAG_BITS", "LSST_JOINTCAL_FLAG_MASK", "is_lsst_repo", "DEFAULT_LSST_FLUX"]
@@ -111,6 +112,9 @@ def read_photocalib_mean(path, archive_id: int | None = None) -> tuple[float, fl
 
 def read_visit_info(path) -> dict[int, dict]:
     """Per-detector metadata of a visitSummary: bbox, PhotoCalib mean, epoch, exptime, airmass, boresight."""
+    problem = fits_problem(path)
+    if problem is not None:
+        raise InputError(problem, path=str(path))
     out = {}
     with fits.open(path, memmap=False) as hdus:
         table = hdus[1].data
@@ -132,7 +136,7 @@ def read_visit_info(path) -> dict[int, dict]:
 
 def _calexp_info(path: Path) -> dict:
     try:
-        with fits.open(path, memmap=False) as hdus:
+        with strict_fits(), fits.open(path, memmap=False) as hdus:
             primary = hdus[0].header
             image = next(h.header for h in hdus[1:] if "CTYPE1" in h.header)
             wcs = wcs_from_header(image, path=path)
@@ -140,10 +144,11 @@ def _calexp_info(path: Path) -> dict:
                         airmass=header_float(primary, "AIRMASS"),
                         boresight_ra_deg=header_float(primary, "BORE-RA"),
                         boresight_dec_deg=header_float(primary, "BORE-DEC"))
-    except (OSError, StopIteration, ValueError) as exc:
+    except (OSError, StopIteration, ValueError, UserWarning) as exc:
         if isinstance(exc, InputError):
             raise
-        raise InputError(f"cannot read calexp ({type(exc).__name__}: {exc})", path=str(path)) from None
+        raise InputError(f"cannot read calexp ({type(exc).__name__}: {exc}); the file is truncated or not a "
+                         "calexp", path=str(path)) from None
     try:
         mean, err = read_photocalib_mean(path)
         info["calib_mean"], info["calib_err"] = mean, err

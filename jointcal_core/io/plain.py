@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 PSX_COLUMNS = ("ra", "dec", "x", "y", "counts", "counts_err", "c7", "c8")
 #: a fitted starting WCS with a larger median residual than this (arcsec) gets a warning
 WCS_FIT_WARN_ARCSEC = 0.5
+#: a starting WCS fitted to ra/dec with finer pixels than this (arcsec) and ra < 2 pi means radians
+_MIN_PIXEL_SCALE_ARCSEC = 0.02
 #: assumed seeing FWHM (px) for position errors when the table has none: sigma = FWHM / (2.355 S/N)
 _ASSUMED_FWHM_PX = 3.0
 _CANDIDATES = {
@@ -174,7 +176,18 @@ def _one(path: Path, flux_col, pixel_origin, detector_shape):
         x, y = x - (origin or 0), y - (origin or 0)
     elif ra is not None:
         x, y = x - (pixel_origin or 0), y - (pixel_origin or 0)
-        wcs, resid = fit_tan_sip(x, y, ra, dec, sip_degree=2 if len(x) >= 30 else None)
+        try:
+            wcs, resid = fit_tan_sip(x, y, ra, dec, sip_degree=2 if len(x) >= 30 else None)
+        except InputError as exc:
+            raise InputError(f"{exc.message} from its x, y, ra, dec columns", path=str(path)) from None
+        except np.linalg.LinAlgError:
+            raise InputError("its x, y, ra, dec columns do not determine a WCS (the points are degenerate: all on "
+                             "one line or one spot); give a FITS WCS header", path=str(path)) from None
+        scale_arcsec = 3600 * np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix)))
+        if scale_arcsec < _MIN_PIXEL_SCALE_ARCSEC and np.nanmax(np.abs(ra)) <= 2 * np.pi and \
+                np.nanmax(np.abs(dec)) <= np.pi / 2:
+            raise InputError(f"the ra/dec columns give a pixel scale of {scale_arcsec:.3g} arcsec/px and stay below "
+                             "2*pi: they look like radians; convert them to degrees", path=str(path))
         info["resid_arcsec"] = resid
         log.info("%s: starting WCS fitted to %d ra/dec points, median residual %.3f arcsec", path, len(x), resid)
         if resid > WCS_FIT_WARN_ARCSEC:

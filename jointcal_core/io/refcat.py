@@ -34,6 +34,7 @@ def _read_table(path: Path, hdu=None) -> Table:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            warnings.filterwarnings("error", message=".*may have been truncated")
             suffix = "".join(path.suffixes).lower()
             if suffix.endswith(".parq") or suffix.endswith(".parquet"):
                 return Table.read(path, format="parquet")
