@@ -4,6 +4,7 @@
   127.0.0.1 for the whole run, started in a subprocess and awaited by polling its URL. Its data
   root is a temporary directory holding a ``field`` folder and a symlink leading out of it, and
   ``/main`` starts on the empty state (``JOINTCAL_FIELD=none``).
+- ``demo_server``: ``panel serve app/main.py`` opening the bundled demo (``JOINTCAL_FIELD``).
 - ``browser_context``: ``/usr/bin/chromium`` (never a Playwright-downloaded browser) headless,
   with a fresh user-data directory.
 - ``page``: a new tab that records console errors, page errors and every request URL.
@@ -26,6 +27,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+DEMO = REPO / "assets" / "demo"
 ARTIFACTS = REPO / "test-artifacts" / "ui"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -76,6 +78,33 @@ def _wait_until_serving(url: str, proc: subprocess.Popen, log_path: Path) -> Non
                 f"{log_path.read_text()[-3000:]}")
 
 
+def _serve(tmp_path_factory, scripts: list[str], env: dict) -> tuple[subprocess.Popen, str, Path]:
+    """Start ``panel serve scripts`` on a free port of 127.0.0.1 and wait until it answers."""
+    port = _free_port()
+    panel = Path(sys.executable).with_name("panel")
+    cmd = [str(panel), "serve", *scripts, "--port", str(port), "--address", "127.0.0.1",
+           f"--allow-websocket-origin=127.0.0.1:{port}", "--warm"]
+    log_path = tmp_path_factory.mktemp("server") / "panel-serve.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_serving(f"{base}/", proc, log_path)  # the index answers once --warm is done
+    except BaseException:
+        _stop(proc)
+        raise
+    return proc, base, log_path
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.fixture(scope="session")
 def app_server(tmp_path_factory) -> AppServer:
     """A real ``panel serve`` of the app (and of the synthetic-field app) on 127.0.0.1."""
@@ -84,25 +113,28 @@ def app_server(tmp_path_factory) -> AppServer:
     (outside / "secret.cat").write_text("not for the app\n")
     (root / "field").mkdir()
     (root / "leak").symlink_to(outside, target_is_directory=True)
-    port = _free_port()
-    panel = Path(sys.executable).with_name("panel")
-    cmd = [str(panel), "serve", "app/main.py", "tests/ui/synthetic_app.py", "--port", str(port),
-           "--address", "127.0.0.1", f"--allow-websocket-origin=127.0.0.1:{port}", "--warm"]
-    env = {**os.environ, "JOINTCAL_DATA_ROOT": str(root), "JOINTCAL_FIELD": "none"}
-    log_path = tmp_path_factory.mktemp("server") / "panel-serve.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    proc, base, _ = _serve(tmp_path_factory, ["app/main.py", "tests/ui/synthetic_app.py"],
+                           {"JOINTCAL_DATA_ROOT": str(root), "JOINTCAL_FIELD": "none"})
     try:
-        _wait_until_serving(f"{base}/", proc, log_path)  # the index answers once --warm is done
         yield AppServer(base_url=base, data_root=root, outside=outside)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def demo_server(tmp_path_factory) -> AppServer:
+    """``panel serve app/main.py`` opening the bundled demo (``JOINTCAL_FIELD``); its data root
+    is an empty temporary folder (where "write to server" may write)."""
+    if not DEMO.is_dir():
+        pytest.skip("the bundled demo field (assets/demo) is not there")
+    root = tmp_path_factory.mktemp("demo_root")
+    outside = tmp_path_factory.mktemp("demo_outside")
+    proc, base, log_path = _serve(tmp_path_factory, ["app/main.py"],
+                                  {"JOINTCAL_DATA_ROOT": str(root), "JOINTCAL_FIELD": str(DEMO)})
+    try:
+        yield AppServer(base_url=base, data_root=root, outside=outside)
+    finally:
+        _stop(proc)
 
 
 @pytest.fixture(scope="session")
@@ -118,7 +150,7 @@ def browser_context(tmp_path_factory):
     with sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
             str(profile), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1400, "height": 950})
+            viewport={"width": 1400, "height": 950}, accept_downloads=True)
         context.set_default_timeout(2 * EXPECT_TIMEOUT_MS)
         try:
             yield context

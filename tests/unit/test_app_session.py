@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import app.files
 import app.paths
 import app.session
 from app.paths import resolve_under_root
@@ -67,8 +68,8 @@ def test_fit_actions_explain_why_they_cannot_run(session):
     assert session.run() is None
     assert session.error == "Cannot run: no visit is selected."
     session.select_visits(session.visits)
-    assert session.associate() is None
-    assert "fitter" in session.error  # TODO(lead): replace once the Fitter is wired
+    assert session.step() is None
+    assert session.error == "Cannot step: press Associate first."
     session.reset()
     assert session.history == [] and session.stage == "" and session.progress == 0.0
 
@@ -113,7 +114,7 @@ def test_load_failure_keeps_the_previous_field_and_sets_the_error(session, tmp_p
 
 
 def test_session_and_paths_modules_import_no_ui_library():
-    for module in (app.session, app.paths):
+    for module in (app.session, app.paths, app.files):
         tree = ast.parse(Path(module.__file__).read_text())
         imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
                     for alias in node.names}

