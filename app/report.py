@@ -3,8 +3,7 @@
 ``write_report(out_dir, joint)`` is an extra writer of
 :func:`jointcal_core.io.outputs.write_outputs` (the CLI's ``jointcal run`` and the app's export
 both pass it). The page holds the metrics, the chi2/ndof and outlier plots of
-:mod:`app.views.chi2` and, when :mod:`app.plots_fit` is there, its residual and zero-point plots
-(``plots_fit.report_plots(joint)`` -> list of ``(title, HoloViews object)``). BokehJS is inlined: the page opens offline and requests nothing from anywhere.
+:mod:`app.views.chi2` and, the residual and zero-point plots of :mod:`app.plots_fit` (:func:`report_plots`). BokehJS is inlined: the page opens offline and requests nothing from anywhere.
 """
 
 from __future__ import annotations
@@ -45,19 +44,34 @@ class _PlainInline(Resources):
 
 
 def _fit_plots(joint) -> list[tuple[str, object]]:
-    """The residual/zero-point plots of :mod:`app.plots_fit` (nothing when it is not there yet)."""
+    """The residual and zero-point plots of :mod:`app.plots_fit` (the app's Residuals tab)."""
     try:
-        from . import plots_fit
-    except ImportError:
-        return []
-    make = getattr(plots_fit, "report_plots", None)
-    if make is None:
-        return []
-    try:
-        return [(str(title), obj) for title, obj in make(joint)]
+        return report_plots(joint)
     except Exception:  # noqa: BLE001  (a failing optional plot must not lose the whole output folder)
         log.warning("report.html: the residual plots failed; the report has the chi2 plots only", exc_info=True)
         return []
+
+
+def report_plots(joint) -> list[tuple[str, object]]:
+    """(title, HoloViews object) of the residual diagnostics over all visits, as in the app."""
+    from . import plots_fit as pf
+
+    frame = pf.fit_residuals(joint)
+    out = []
+    if "astrometry" in joint.kinds:
+        out += [("Astrometric residuals binned over each CCD (all visits)", pf.residual_whiskers(frame)),
+                ("Astrometric residuals dx vs dy", pf.residual_scatter(frame)),
+                ("Residual histograms", pf.residual_histograms(frame)),
+                ("Astrometric residual vs magnitude", pf.residual_vs_mag(frame, "astrometry"))]
+    if "photometry" in joint.kinds:
+        visit = int(frame["visit"].min())
+        grid = pf.zero_point_grid(joint.problems["photometry"], joint.prepared.field, visit,
+                                  astrometry=joint.problems.get("astrometry"),
+                                  center_ra_deg=joint.prepared.association.field_center_deg[0])
+        out += [("Photometric residual vs magnitude", pf.residual_vs_mag(frame, "photometry")),
+                ("Photometric residual map (all visits)", pf.photometry_residual_map(frame)),
+                (f"Fitted zero points relative to the visit mean, visit {visit}", pf.zero_point_map(grid, visit))]
+    return out
 
 
 def _metrics_table(metrics: dict) -> str:

@@ -49,7 +49,9 @@ class ResidualViews(pn.viewable.Viewer):
                                  severity="info", sizing_mode="stretch_width", css_classes=["residuals-empty"])
         self._content = pn.Column(self._visit_select, self._tabs, self.star_detail, sizing_mode="stretch_width")
         self._layout = pn.Column(self._empty, self._content, sizing_mode="stretch_width")
+        self._stale = False
         self.session.param.watch(self._update_fit, ["fit_version", "field"])
+        self.session.param.watch(self._on_busy, "busy")
         self._update_fit()
 
     def __panel__(self):
@@ -115,6 +117,12 @@ class ResidualViews(pn.viewable.Viewer):
 
     def _update_fit(self, *_):
         joint = self.session.joint
+        if joint is not None and joint is self._joint and self.session.busy:
+            # a Run is stepping: each refresh costs ~0.3 s of the server's shared event loop, which
+            # other sessions wait on; refresh once when the action ends (_on_busy)
+            self._stale = True
+            return
+        self._stale = False
         self._empty.visible, self._content.visible = joint is None, joint is not None
         if joint is None:
             self._joint = None
@@ -133,6 +141,10 @@ class ResidualViews(pn.viewable.Viewer):
                 self._build()
             else:
                 self._pipe.send(self._data())
+
+    def _on_busy(self, event):
+        if not event.new and self._stale:
+            self._update_fit()
 
     def _on_visit(self, event):
         self.visit = None if event.new == _ALL else int(event.new)
