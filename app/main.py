@@ -11,6 +11,10 @@ import panel as pn
 from app import create_app
 
 pn.extension("tabulator")
+# event callbacks on a thread pool: one session's plot updates during a fit must not hold up
+# another session's clicks on the shared event loop (measured: 5 s latency with a single thread)
+if not pn.config.nthreads:
+    pn.config.nthreads = 4
 
 _field = os.environ.get("JOINTCAL_FIELD", "").strip()
 if _field.lower() == "none":
