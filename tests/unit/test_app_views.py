@@ -33,7 +33,9 @@ def test_unwrap_ra_keeps_a_field_across_ra_zero_in_one_piece():
 
 def test_footprints_colour_selected_visits_and_grey_out_the_others(small_field):
     records = plots.footprint_records(small_field, [1001, 1003])
-    assert len(records) == 12
+    assert len(records) == 3                                    # one multi-polygon per visit
+    assert [r["n_ccds"] for r in records] == [4, 4, 4]
+    assert np.isnan(records[0]["ra"]).sum() == 3                # 4 CCD outlines, NaN-separated
     colours = {r["visit"]: r["color"] for r in records}
     assert colours[1002] == plots.EXCLUDED_COLOR
     assert len({colours[1001], colours[1003], plots.EXCLUDED_COLOR}) == 3
