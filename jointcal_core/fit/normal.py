@@ -20,6 +20,8 @@ otherwise every distinct row pattern of ``model_cols`` is one block.
 from __future__ import annotations
 
 import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -27,7 +29,7 @@ from threadpoolctl import threadpool_limits
 from .problem import Linearization
 
 __all__ = ["BlockStructure", "block_structure", "normal_matrix", "schur_term", "accumulate_gradient",
-           "rows_dot_model"]
+           "rows_dot_model", "sum_by_index"]
 
 def _single_threaded_blas(func):
     """Run ``func`` with one BLAS thread: its many small products lose 10-30x to thread
@@ -37,6 +39,27 @@ def _single_threaded_blas(func):
         with threadpool_limits(limits=1, user_api="blas"):
             return func(*args, **kwargs)
     return wrapper
+
+
+def sum_by_index(index: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """``out[i] = sum of values[index == i]`` (what ``np.add.at`` does, ~10x faster).
+
+    Parameters
+    ----------
+    index : ndarray of int, shape (m,)
+        Target row of every value, in [0, n).
+    values : ndarray, shape (m, ...)
+    n : int
+
+    Returns
+    -------
+    ndarray, shape (n, ...)
+    """
+    flat = values.reshape(values.shape[0], -1)
+    out = np.empty((n, flat.shape[1]))
+    for k in range(flat.shape[1]):
+        out[:, k] = np.bincount(index, weights=flat[:, k], minlength=n)
+    return out.reshape((n,) + values.shape[1:])
 
 
 # rows per chunk when materialising per-row outer products (bounds memory to ~100 MB)
@@ -157,8 +180,8 @@ def accumulate_gradient(lin: Linearization, bs: BlockStructure, n_free: int, row
         rows = np.flatnonzero(bs.gblock[:, t] >= 0)
         if rows.size == 0:
             continue
-        per_block = np.zeros((bs.n_blocks, stop - start))
-        np.add.at(per_block, bs.gblock[rows, t], lin.model_vals[rows, start:stop] * row_weights[rows, None])
+        per_block = sum_by_index(bs.gblock[rows, t], lin.model_vals[rows, start:stop] * row_weights[rows, None],
+                                 bs.n_blocks)
         for b in np.flatnonzero(bs.slot_of == t):
             g[bs.cols[b]] += per_block[b, bs.keep[b]]
     return g
@@ -210,9 +233,12 @@ def schur_term(lin: Linearization, bs: BlockStructure, n_free: int, z: np.ndarra
     stars, blocks, ys = [], [], []
     for t in range(len(bs.ranges)):
         st, bl, y = _star_entries(lin, bs, z, t)
-        stars.append(st)
-        blocks.append(bl)
-        ys.append(y)
+        # block-major storage: the entries of one block are contiguous, so the gathers of a
+        # block pair below read one compact range (measured 2x faster than star-major)
+        bm = np.lexsort((st, bl))
+        stars.append(st[bm])
+        blocks.append(bl[bm])
+        ys.append(y[bm])
     star = np.concatenate(stars) if stars else np.zeros(0, np.int64)
     block = np.concatenate(blocks) if blocks else np.zeros(0, np.int64)
     slot = np.concatenate([np.full(s.size, t) for t, s in enumerate(stars)]) if stars else np.zeros(0, np.int64)
@@ -225,19 +251,65 @@ def schur_term(lin: Linearization, bs: BlockStructure, n_free: int, z: np.ndarra
     keys = block[p1] * nb + block[p2]
     porder, starts, seg_keys = _segments(keys)
     ends = np.r_[starts[1:], keys.size]
-    out = np.zeros((n_free, n_free))
-    for s0, s1, key in zip(starts, ends, seg_keys):
-        idx = porder[s0:s1]
-        e1, e2 = p1[idx], p2[idx]
-        b1, b2 = divmod(int(key), nb)
-        y1 = _entry_rows(ys, bs, b1, local[e1])
-        y2 = y1 if b1 == b2 and np.array_equal(e1, e2) else _entry_rows(ys, bs, b2, local[e2])
-        blk = y1.T @ y2
-        c1, c2 = bs.cols[b1], bs.cols[b2]
-        out[np.ix_(c1, c2)] += blk
-        if b1 != b2:
-            out[np.ix_(c2, c1)] += blk.T
+    # entry indices per pair in segment order, gathered once (slices below are views)
+    local1, local2 = local[p1[porder]], local[p2[porder]]
+    index = [_as_index(c) for c in bs.cols]
+    segments = list(zip(starts.tolist(), ends.tolist(), seg_keys.tolist()))
+
+    def accumulate(part):
+        # each unordered block pair is met once and the sum is mirrored at the end (out + out^T),
+        # so the symmetric diagonal blocks (b1 == b2) go in with half weight
+        out = np.zeros((n_free, n_free))
+        for s0, s1, key in part:
+            b1, b2 = divmod(key, nb)
+            y1 = _entry_rows(ys, bs, b1, local1[s0:s1])
+            if b1 == b2:        # entries are unique per (star, block): the pair is an entry with itself
+                _add(out, index[b1], index[b1], 0.5 * (y1.T @ y1))
+            else:
+                _add(out, index[b1], index[b2], y1.T @ _entry_rows(ys, bs, b2, local2[s0:s1]))
+        return out
+
+    n_threads = _threads(len(segments))
+    if n_threads == 1:
+        out = accumulate(segments)
+        out += out.T
+        return out
+    # numpy releases the GIL in the gathers and the (single-threaded) BLAS products: split the
+    # block pairs into chunks of about equal work, one partial sum per thread
+    work = np.cumsum(ends - starts)
+    cuts = np.searchsorted(work, work[-1] * np.arange(1, n_threads) / n_threads)
+    parts = [segments[a:b] for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(segments)])]
+    with ThreadPoolExecutor(max_workers=n_threads) as pool:
+        results = list(pool.map(accumulate, parts))
+    out = results[0]
+    for r in results[1:]:
+        out += r
+    out += out.T
     return out
+
+
+def _threads(n_tasks: int) -> int:
+    """Worker threads for the Schur products: ``JOINTCAL_THREADS`` or the CPU count, at most 4."""
+    try:
+        n = int(os.environ.get("JOINTCAL_THREADS", "0"))
+    except ValueError:
+        n = 0
+    n = n if n > 0 else min(os.cpu_count() or 1, 4)
+    return max(1, min(n, n_tasks // 64 or 1))
+
+
+def _as_index(cols: np.ndarray):
+    """A slice when ``cols`` is a contiguous increasing range (fast in-place adds), else the array."""
+    if cols.size and cols[-1] - cols[0] == cols.size - 1 and np.all(np.diff(cols) == 1):
+        return slice(int(cols[0]), int(cols[-1]) + 1)
+    return cols
+
+
+def _add(out: np.ndarray, i1, i2, blk: np.ndarray) -> None:
+    if isinstance(i1, slice) and isinstance(i2, slice):
+        out[i1, i2] += blk
+    else:
+        out[np.ix_(np.arange(out.shape[0])[i1], np.arange(out.shape[1])[i2])] += blk
 
 
 def _entry_rows(ys, bs: BlockStructure, b: int, local: np.ndarray) -> np.ndarray:

@@ -14,13 +14,16 @@ full system with CHOLMOD, which is what this is measured against (benchmarks/).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
 
 from ..exceptions import ModelConstraintError, NonFiniteError
+from .normal import sum_by_index
 from .problem import Linearization
 
 __all__ = ["SolveResult", "solve_step"]
@@ -58,8 +61,7 @@ def _star_blocks(lin: Linearization, n_stars: int, star_free: np.ndarray):
     vals = lin.star_vals[:, star_free]
     v = vals[rows_with_star]
     stars = lin.star[rows_with_star]
-    blocks = np.zeros((n_stars, s_free, s_free))
-    np.add.at(blocks, stars, v[:, :, None] * v[:, None, :])
+    blocks = sum_by_index(stars, v[:, :, None] * v[:, None, :], n_stars)
     n_rows = lin.residual.size
     row_idx = np.repeat(np.flatnonzero(rows_with_star), s_free)
     col_idx = (stars[:, None] * s_free + np.arange(s_free)[None, :]).ravel()
@@ -104,7 +106,9 @@ def _cholesky_solve(matrix: np.ndarray, rhs: np.ndarray, describe) -> np.ndarray
     scale = 1.0 / np.sqrt(diag)
     scaled = matrix * scale[:, None] * scale[None, :]
     try:
-        factor = scipy.linalg.cho_factor(scaled, lower=True, check_finite=False)
+        # a large dense factorisation is worth every core (the Fitter runs BLAS on one thread)
+        with threadpool_limits(limits=os.cpu_count() if scaled.shape[0] > 2000 else 1, user_api="blas"):
+            factor = scipy.linalg.cho_factor(scaled, lower=True, check_finite=False)
         # the scaled matrix has a unit diagonal: a tiny pivot means a (numerically) singular
         # direction, i.e. a gauge freedom the model does not fix (condition number > 1e10)
         singular = np.min(np.diag(factor[0])) < _PIVOT
@@ -203,15 +207,13 @@ def _solve_blocks(lin, free_index, n_free, n_stars, star_free, describe_free):
         a = normal.normal_matrix(lin, bs, n_free)
         g = normal.accumulate_gradient(lin, bs, n_free, r)
         return -_cholesky_solve(a, g, describe_free), None
-    s_free = int(star_free.sum())
     w = lin.star_vals[:, star_free]
     with_star = lin.star >= 0
     star = np.where(with_star, lin.star, 0)
-    blocks = np.zeros((n_stars, s_free, s_free))
-    np.add.at(blocks, lin.star[with_star], w[with_star][:, :, None] * w[with_star][:, None, :])
+    star_rows, w_rows = lin.star[with_star], w[with_star]
+    blocks = sum_by_index(star_rows, w_rows[:, :, None] * w_rows[:, None, :], n_stars)
     cinv = _invert_blocks(blocks)
-    g_s = np.zeros((n_stars, s_free))
-    np.add.at(g_s, lin.star[with_star], w[with_star] * r[with_star, None])
+    g_s = sum_by_index(star_rows, w_rows * r[with_star, None], n_stars)
     q = np.einsum("nij,nj->ni", cinv, g_s)                     # C^-1 g_s per star
     if not has_model:
         return np.zeros(n_free), -q
@@ -228,7 +230,6 @@ def _solve_blocks(lin, free_index, n_free, n_stars, star_free, describe_free):
     dm = -_cholesky_solve(a - schur, rhs, describe_free)
     # ds = -C^-1 (g_s + B^T dm); B^T dm per star = sum_rows w_row (V_row . dm)
     jdm = normal.rows_dot_model(lin, bs, dm)
-    bt_dm = np.zeros((n_stars, s_free))
-    np.add.at(bt_dm, lin.star[with_star], w[with_star] * jdm[with_star, None])
+    bt_dm = sum_by_index(star_rows, w_rows * jdm[with_star, None], n_stars)
     ds = -(q + np.einsum("nij,nj->ni", cinv, bt_dm))
     return dm, ds

@@ -18,6 +18,8 @@ from ..data import CcdImages, Measurements
 from ..exceptions import InputError
 from ._common import (bbox_from_header, ellipse_to_covariance, header_float, mjd_from_header, pick,
                       require_columns, strict_fits, visit_from_stem, warn, wcs_from_header, zp_from_header)
+from .fits_tables import read_fits_tables
+from .wcs_cards import fast_celestial_wcs
 
 __all__ = ["read_ldac_exposures", "read_ldac_header", "read_ahead", "is_ldac", "DEFAULT_LDAC_FLUX"]
 
@@ -122,14 +124,20 @@ def _read_objects(table, path, visit, detector, flux_type):
 
 
 def _read_one(path: Path, visit: int, flux_type: str, ahead_blocks):
-    try:
-        with strict_fits():
-            hdus = fits.open(path, memmap=False)
-            hdus.verify("silentfix")
-            names = [h.name for h in hdus]
-    except Exception as exc:
-        raise InputError(f"cannot read FITS_LDAC catalog ({type(exc).__name__}: {exc}); the file is "
-                         "missing, truncated or not FITS", path=str(path)) from None
+    # plain binary-table files are mapped by numpy directly (~4x faster than astropy); anything else, and
+    # every error message, goes through astropy
+    hdus = read_fits_tables(path)
+    if hdus is not None:
+        names = [h.name for h in hdus]
+    else:
+        try:
+            with strict_fits():
+                hdus = fits.open(path, memmap=False)
+                hdus.verify("silentfix")
+                names = [h.name for h in hdus]
+        except Exception as exc:
+            raise InputError(f"cannot read FITS_LDAC catalog ({type(exc).__name__}: {exc}); the file is "
+                             "missing, truncated or not FITS", path=str(path)) from None
     with hdus:
         if "LDAC_OBJECTS" not in names:
             raise InputError("no LDAC_OBJECTS table: not a SExtractor FITS_LDAC exposure catalog "
@@ -159,7 +167,10 @@ def _read_one(path: Path, visit: int, flux_type: str, ahead_blocks):
             det = int(det)
             if ahead_blocks is not None:
                 header = _apply_ahead(header, ahead_blocks[k])
-            wcs = wcs_from_header(header, path=path, visit=visit, detector=det)
+            # plain TAN / TAN-SIP / TPV headers are built directly (0.9 ms instead of ~9 ms for WCS(header))
+            wcs = fast_celestial_wcs(header)
+            if wcs is None:
+                wcs = wcs_from_header(header, path=path, visit=visit, detector=det)
             try:
                 objects = _read_objects(table, path, visit, det, flux_type)
             except (KeyError, ValueError, TypeError) as exc:

@@ -38,8 +38,8 @@ from ..exceptions import InputError, JointcalWarning, OutputError
 from .wcs_fits import (FidelityReport, PixelToSky, _check_bbox, _header_to_wcs, _sample, _tangent_point,
                        first_candidate_order, fit_tangent_polynomial, measure_fidelity, pixel_grid)
 
-__all__ = ["fit_tpv", "tpv_header", "write_scamp_head", "read_scamp_head", "scamp_photometry",
-           "TPV_TERM_START"]
+__all__ = ["fit_tpv", "tpv_header", "write_scamp_head", "write_scamp_head_text", "read_scamp_head",
+           "scamp_photometry", "TPV_TERM_START"]
 
 #: PV index of the first (``a^n``) term of each order n = 0..7 (radial terms skipped)
 TPV_TERM_START = (0, 1, 4, 7, 12, 17, 24, 31)
@@ -197,6 +197,32 @@ def write_scamp_head(path: str | Path, headers: list, photometry: list | None = 
             block["MAGZEROP"] = (float(magzerop), "SCAMP zero-point")
         lines.append("HISTORY   Astrometric solution by jointcal")
         lines.extend(_card_line(card) for card in block.cards)
+        lines.append("END     ")
+    path = Path(path)
+    try:
+        path.write_text("\n".join(lines) + "\n", encoding="ascii")
+    except (OSError, UnicodeEncodeError) as err:
+        raise OutputError(f"cannot write the .head file: {err}", path=str(path)) from err
+    return path
+
+
+def write_scamp_head_text(path: str | Path, blocks: list, photometry: list | None = None) -> Path:
+    """:func:`write_scamp_head` with each CCD's header given as 80-character card images
+    (e.g. from :func:`jointcal_core.io.wcs_cards.tpv_export`); the same file, without astropy Headers."""
+    from .wcs_cards import card
+
+    if photometry is not None and len(photometry) != len(blocks):
+        raise InputError(f"photometry has {len(photometry)} entries for {len(blocks)} headers; "
+                         "give one (FLXSCALE, MAGZEROP) per CCD")
+    lines = []
+    for index, images in enumerate(blocks):
+        images = list(images)
+        if photometry is not None:
+            flxscale, magzerop = photometry[index]
+            images += [card("FLXSCALE", float(flxscale), "SCAMP relative flux scale"),
+                       card("MAGZEROP", float(magzerop), "SCAMP zero-point")]
+        lines.append("HISTORY   Astrometric solution by jointcal")
+        lines.extend(image[:79] if image[79:] in ("", " ") else image for image in images)
         lines.append("END     ")
     path = Path(path)
     try:
