@@ -82,13 +82,13 @@ class ExportView(pn.viewable.Viewer):
         return self._layout
 
     def _on_build(self, _event):
-        from ..report import write_report  # here, not at import: app.report imports the views package
+        from ..report import write_app_report  # here, not at import: app.report imports the views package
         stem = Path(self.session.field_path).name or "field"
         folder = Path(tempfile.mkdtemp(dir=self._tmp.name)) / f"jointcal-{stem}"
         self._pending = "zip"
         self.download.disabled = True
         self.message.object = "Writing the outputs..."
-        self.session.start("export", out_dir=folder, extra_writers=[write_report],
+        self.session.start("export", out_dir=folder, extra_writers=[write_app_report],
                            zip_to=folder.with_suffix(".zip"))
 
     def _on_write(self, _event):
@@ -98,10 +98,10 @@ class ExportView(pn.viewable.Viewer):
         except InputError as exc:
             self.message.object = str(exc)
             return
-        from ..report import write_report
+        from ..report import write_app_report
         self._pending = "folder"
         self.message.object = f"Writing {out}..."
-        self.session.start("export", out_dir=out, clobber=self.clobber.value, extra_writers=[write_report])
+        self.session.start("export", out_dir=out, clobber=self.clobber.value, extra_writers=[write_app_report])
 
     def _update(self, *events):
         s = self.session

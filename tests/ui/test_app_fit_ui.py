@@ -54,6 +54,8 @@ def _associate(page, n_ccd):
     page.locator(".run-associate button").click()
     expect(page.locator(".fit-summary")).to_contain_text(f"{n_ccd} ccdImages", timeout=FIT_TIMEOUT_MS)
     expect(page.locator(".run-step button")).to_be_enabled(timeout=FIT_TIMEOUT_MS)
+    # the worker thread has finished (Cancel is enabled only while an action runs)
+    expect(page.locator(".run-cancel button")).to_be_disabled(timeout=FIT_TIMEOUT_MS)
 
 
 def test_demo_opens_without_console_errors_or_outside_requests(demo_server, page):
