@@ -284,7 +284,7 @@ class Calibration:
         if path.is_dir():
             path = path / "calibration.json"
         try:
-            path.write_text(json.dumps(self.to_dict(), indent=1, default=_json_default) + "\n")
+            path.write_text(json.dumps(self.to_dict(), indent=1, default=json_default) + "\n")
         except (OSError, TypeError) as err:
             raise OutputError(f"cannot write the calibration: {err}", path=str(path)) from err
         return path
@@ -438,7 +438,8 @@ def _terms(doc: dict, n_coef: int) -> tuple:
     return terms
 
 
-def _json_default(value):
+def json_default(value):
+    """``json.dumps`` default for numpy scalars and arrays (shared by every JSON output)."""
     if isinstance(value, np.integer):
         return int(value)
     if isinstance(value, np.floating):

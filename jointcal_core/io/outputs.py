@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
+from ..calibration import json_default as _json_default
 from ..exceptions import OutputError
 
 __all__ = ["atomic_output_dir", "check_output_dir", "write_outputs", "OUTPUT_SCHEMAS"]
@@ -82,16 +83,6 @@ def atomic_output_dir(path: str | Path, clobber: bool = False):
 
 def _json(path: Path, value) -> None:
     path.write_text(json.dumps(value, indent=2, sort_keys=True, default=_json_default) + "\n")
-
-
-def _json_default(value):
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def write_outputs(out_dir: str | Path, joint, *, provenance: dict | None = None, clobber: bool = False,

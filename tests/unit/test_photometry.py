@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jointcal_core.association import associate
+from jointcal_core.association import associate, count_collected_reference, reference_loading_circle
 from jointcal_core.config import JointcalConfig
 from jointcal_core.data import Field
 from jointcal_core.fit import Fitter, FitStatus
 from jointcal_core.io.lsst import read_lsst_repo
 from jointcal_core.io.refcat import read_lsst_refcat
 from jointcal_core.models.photometry import make_photometry_problem
-from jointcal_core.projection import angular_separation_arcsec, sky_to_tangent, tangent_to_sky
+from jointcal_core.projection import angular_separation_arcsec
 from jointcal_core.selection import select_sources
 
 ROOT = Path("/work/shared/data/lsst_jointcal_tests_data/tests/data/cfht_minimal/repo")
@@ -95,31 +95,13 @@ def test_outputs_are_consistent(field):
     assert problem.to_dict()["unit"] == "nJy/count"
 
 
-def _jointcal_bounding_circle(field):
-    """jointcal's reference loading region (Associations::computeBoundingCircle): the CCD frames on
-    the tangent plane at the mean boresight, their bounding box taken to (ra, dec), and the circle
-    around that box's 4 corners."""
-    ccds = field.ccd_images
-    ra0, dec0 = np.mean(list(ccds.visit_centers_deg().values()), axis=0)
-    corners = ccds.corners_deg().reshape(-1, 2)
-    xi, eta = sky_to_tangent(corners[:, 0], corners[:, 1], ra0, dec0)
-    ra, dec = tangent_to_sky(np.array([xi.min(), xi.max(), xi.max(), xi.min()]),
-                             np.array([eta.min(), eta.min(), eta.max(), eta.max()]), ra0, dec0)
-    box_ra = np.array([ra.min(), ra.max(), ra.min(), ra.max()])
-    box_dec = np.array([dec.min(), dec.min(), dec.max(), dec.max()])
-    vec = np.column_stack([np.cos(np.radians(box_dec)) * np.cos(np.radians(box_ra)),
-                           np.cos(np.radians(box_dec)) * np.sin(np.radians(box_ra)), np.sin(np.radians(box_dec))])
-    c = vec.sum(axis=0) / np.linalg.norm(vec.sum(axis=0))
-    c_ra, c_dec = np.degrees(np.arctan2(c[1], c[0])) % 360, np.degrees(np.arcsin(c[2]))
-    return c_ra, c_dec, angular_separation_arcsec(c_ra, c_dec, box_ra, box_dec).max()
-
-
 def test_collected_refstars_is_jointcals_bounding_circle_count(field):
     """jointcal's collected_refStars (346) counts the reference stars with a valid flux inside the
     circle it loads the reference in; the nearest star outside is 0.35 arcsec beyond the edge."""
-    c_ra, c_dec, radius = _jointcal_bounding_circle(field)
+    c_ra, c_dec, radius = reference_loading_circle(field)
     ref = field.photometry_reference
     sep = angular_separation_arcsec(c_ra, c_dec, ref.ra_deg, ref.dec_deg)
     flux, err = ref.flux_njy["r"], ref.flux_err_njy["r"]
     valid = np.isfinite(flux) & np.isfinite(err) & (err > 0)
     assert np.count_nonzero((sep < radius) & valid) == 346
+    assert count_collected_reference(field, ref, "r") == 346
