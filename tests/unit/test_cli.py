@@ -81,3 +81,14 @@ def test_existing_output_refused_without_clobber(tmp_path, capsys):
     status = main(["run", str(ROOT), "--refcat", str(REFCAT), "-c", "doAstrometry=false", "--output", str(out)])
     assert status == 6 and "--clobber" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "user data"
+
+
+def test_inspect_summarises_the_bundled_demo(capsys):
+    """The demo (assets/demo, simulated: 6 visits x 36 MegaCam CCDs, see assets/README.md)."""
+    demo = Path(__file__).resolve().parents[2] / "assets" / "demo"
+    assert main(["inspect", str(demo), "--refcat", str(demo / "reference.cat")]) == 0
+    text = capsys.readouterr().out
+    assert "visits: 6" in text and "ccdImages: 216" in text and "detections: 12306" in text
+    for visit in range(1000, 1006):
+        assert f"\n{visit} " in text
+    assert "15 of 15 visit pairs share stars" in text
