@@ -82,16 +82,24 @@ class ExportView(pn.viewable.Viewer):
         return self._layout
 
     def _on_build(self, _event):
+        if self.session.busy:
+            # a second click can arrive before the disabled state reaches the browser: ignore it,
+            # its refusal would otherwise end the pending export's progress message
+            return
         from ..report import write_app_report  # here, not at import: app.report imports the views package
         stem = Path(self.session.field_path).name or "field"
         folder = Path(tempfile.mkdtemp(dir=self._tmp.name)) / f"jointcal-{stem}"
         self._pending = "zip"
         self.download.disabled = True
         self.message.object = "Writing the outputs..."
-        self.session.start("export", out_dir=folder, extra_writers=[write_app_report],
-                           zip_to=folder.with_suffix(".zip"))
+        if not self.session.start("export", out_dir=folder, extra_writers=[write_app_report],
+                                  zip_to=folder.with_suffix(".zip")):
+            self._pending = None
+            self.message.object = "A fit action is still running: export once it has finished."
 
     def _on_write(self, _event):
+        if self.session.busy:
+            return                     # see _on_build
         try:
             out = output_dir_under_root(self.folder_input.value_input or self.folder_input.value,
                                         self.session.data_root)

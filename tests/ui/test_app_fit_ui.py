@@ -135,6 +135,7 @@ def test_export_download_is_a_zip_whose_wcs_headers_astropy_reads(demo_server, p
     _associate(page, 216)
     page.locator(".run-step button").click()
     expect(page.locator(".session-status")).to_contain_text("step 1", timeout=FIT_TIMEOUT_MS)
+    expect(page.locator(".run-cancel button")).to_be_disabled(timeout=FIT_TIMEOUT_MS)   # the step has ended
     _tab(page, "Export")
     page.locator(".export-build button").click()
     download_button = page.locator(".export-download button")
