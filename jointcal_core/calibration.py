@@ -66,6 +66,7 @@ from numpy.polynomial import chebyshev
 
 from .data import AB_NJY_ZP
 from .exceptions import InputError, OutputError
+from .json_text import dumps_indented
 from .projection import tangent_to_sky
 
 __all__ = ["Calibration", "CcdCalibration", "ChebyshevField", "load_calibration", "SCHEMA", "VERSION"]
@@ -120,10 +121,14 @@ class ChebyshevField:
 
     def __call__(self, x, y) -> np.ndarray:
         """Values at pixels ``x, y`` (shape (n,)): array of shape (n_outputs, n)."""
+        x = np.asarray(x, dtype=float)
+        return (self.design(x, y) @ self.coefficients).T.reshape((self.coefficients.shape[1],) + np.shape(x))
+
+    def design(self, x, y) -> np.ndarray:
+        """The basis at pixels ``x, y`` (flattened, n points): shape (n, n_terms); values are
+        ``design @ coefficients``. Reusable for every field of the same bbox and terms."""
         u, v = _to_unit(self.bbox, np.asarray(x, dtype=float), np.asarray(y, dtype=float))
-        order = max(sum(t) for t in self.terms)
-        return (_design(u.ravel(), v.ravel(), self.terms, order) @ self.coefficients).T.reshape(
-            (self.coefficients.shape[1],) + np.shape(u))
+        return _design(u.ravel(), v.ravel(), self.terms, max(sum(t) for t in self.terms))
 
 
 def _to_unit(bbox, x, y):
@@ -139,14 +144,6 @@ def _from_unit(bbox, u, v):
 def _design(u, v, terms, order: int) -> np.ndarray:
     tu, tv = chebyshev.chebvander(u, order), chebyshev.chebvander(v, order)
     return np.stack([tu[:, i] * tv[:, j] for i, j in terms], axis=1)
-
-
-def _check_points(bbox):
-    """A 9 x 9 grid with edges, plus seeded random points: not the fitting nodes."""
-    u = np.linspace(-1, 1, 9)
-    gu, gv = (a.ravel() for a in np.meshgrid(u, u))
-    extra = np.random.default_rng(0).uniform(-1, 1, (2, 50))
-    return _from_unit(bbox, np.concatenate([gu, extra[0]]), np.concatenate([gv, extra[1]]))
 
 
 @dataclass(frozen=True)
@@ -202,23 +199,63 @@ class Calibration:
         n = len(visit)
         ast = _per_ccd_astrometry(astrometry, n)
         pho = _per_ccd_photometry(photometry, n)
-        ccds = []
-        for k in range(n):
-            box = tuple(float(b) for b in bbox[k])
-            fields = {}
-            if ast is not None:
-                func, tangent, order = ast[0][k], ast[1][k], ast[2][k]
-                field = ChebyshevField.fit(func, box, order)
-                _verify(field, func, box, _DEG_TO_MAS, ASTROMETRY_TOLERANCE_MAS, "mas",
-                        "pixel_to_tangent", order, visit[k], detector[k])
-                fields.update(astrometry=field, tangent_point_deg=(float(tangent[0]), float(tangent[1])))
-            if pho is not None:
-                func, order, space = pho[0][k], pho[1][k], pho[2][k]
-                target = func if space == "mag" else _zp_to_njy(func)
-                field = ChebyshevField.fit(target, box, order)
-                _verify_mag(field, func, box, space, order, visit[k], detector[k])
-                fields.update(photometry=field, photometry_space=space)
-            ccds.append(CcdCalibration(int(visit[k]), int(detector[k]), box, **fields))
+        from .calibration_fit import batched
+
+        return cls.from_batch((visit, detector, bbox),
+                              astrometry=None if ast is None else (batched(ast[0]), ast[1], ast[2]),
+                              photometry=None if pho is None else (batched(pho[0]), pho[1], pho[2]),
+                              metadata=metadata)
+
+    @classmethod
+    def from_batch(cls, ccd_table, astrometry=None, photometry=None, metadata: dict | None = None,
+                   chunk: int = 256) -> "Calibration":
+        """:meth:`from_callables` with one callable evaluating many CCDs at once.
+
+        Parameters
+        ----------
+        ccd_table : CcdImages or (visit, detector, bbox)
+        astrometry : (func, tangent_points_deg, orders) or None
+            ``func(k, x, y) -> (xi_deg, eta_deg)``, ``k`` (shape (n,)) the row in ``ccd_table`` of
+            each pixel ``x, y`` (shape (n,)); tangent points (n_ccd, 2); orders an int or one per CCD.
+        photometry : (func, orders) or (func, orders, spaces) or None
+            ``func(k, x, y) -> zp_mag``, shape (n,).
+        chunk : int
+            CCDs evaluated per call of ``func`` (bounds the memory of the evaluation).
+
+        Every CCD of one order is fitted by one least-squares solve (the Chebyshev-Lobatto
+        nodes, in normalised coordinates, are the same for every CCD), then checked as
+        :meth:`from_callables` does.
+        """
+        from .calibration_fit import check_astrometry, check_photometry, fit_all, njy_of_zp
+
+        visit, detector, bbox = _ccd_columns(ccd_table)
+        n = len(visit)
+        fields: list[dict] = [{} for _ in range(n)]
+        if astrometry is not None:
+            func, tangents, orders = astrometry
+            tangents = np.asarray(tangents, dtype=float).reshape(-1, 2)
+            tangents = np.broadcast_to(tangents, (n, 2)) if len(tangents) == 1 else tangents
+            orders = [int(o) for o in _broadcast(orders, n, "astrometry orders")]
+            for k, field in fit_all(func, bbox, orders, lambda v: v, chunk, check_astrometry(visit, detector)):
+                fields[k].update(astrometry=field, tangent_point_deg=(float(tangents[k, 0]), float(tangents[k, 1])))
+        if photometry is not None:
+            func, orders, *rest = photometry
+            orders = [int(o) for o in _broadcast(orders, n, "photometry orders")]
+            spaces = _broadcast(rest[0] if rest else "mag", n, "photometry spaces")
+            for space in spaces:
+                if space not in ("mag", "flux"):
+                    raise InputError(f"photometry space must be 'mag' or 'flux', got {space!r}")
+            for space in ("mag", "flux"):
+                rows = np.flatnonzero(np.asarray(spaces) == space)
+                if rows.size == 0:
+                    continue
+                sub = (lambda k, x, y, rows=rows: func(rows[k], x, y))
+                target = (lambda v: v) if space == "mag" else njy_of_zp
+                check = check_photometry(visit[rows], detector[rows], space)
+                for k, field in fit_all(sub, bbox[rows], [orders[r] for r in rows], target, chunk, check):
+                    fields[rows[k]].update(photometry=field, photometry_space=space)
+        ccds = [CcdCalibration(int(visit[k]), int(detector[k]), tuple(float(b) for b in bbox[k]), **fields[k])
+                for k in range(n)]
         return cls(ccds, metadata)
 
     # -- evaluation ---------------------------------------------------------------------------
@@ -284,7 +321,7 @@ class Calibration:
         if path.is_dir():
             path = path / "calibration.json"
         try:
-            path.write_text(json.dumps(self.to_dict(), indent=1, default=json_default) + "\n")
+            path.write_text(dumps_indented(self.to_dict(), indent=1, default=json_default) + "\n")
         except (OSError, TypeError) as err:
             raise OutputError(f"cannot write the calibration: {err}", path=str(path)) from err
         return path
@@ -365,31 +402,6 @@ def _per_ccd_photometry(photometry, n: int):
             raise InputError(f"photometry space must be 'mag' or 'flux', got {space!r}")
     return (_broadcast(funcs, n, "photometry callables"),
             [int(o) for o in _broadcast(orders, n, "photometry orders")], spaces)
-
-
-def _zp_to_njy(func):
-    return lambda x, y: 10.0 ** (-0.4 * (np.asarray(func(x, y), dtype=float) - AB_NJY_ZP))
-
-
-def _verify(field, func, bbox, scale, tol, unit, what, order, visit, detector):
-    x, y = _check_points(bbox)
-    truth = np.atleast_2d(np.asarray(func(x, y), dtype=float))
-    worst = float(np.max(np.abs(field(x, y) - truth))) * scale
-    if not worst <= tol:
-        raise InputError(f"{what} is not a polynomial of order {order}: the re-fit deviates by {worst:.3g} {unit} "
-                         f"(limit {tol:g}); pass the model's true order", visit=int(visit), detector=int(detector))
-
-
-def _verify_mag(field, func, bbox, space, order, visit, detector):
-    x, y = _check_points(bbox)
-    value = field(x, y)[0]
-    if space == "flux":
-        value = AB_NJY_ZP - 2.5 * np.log10(np.where(value > 0, value, np.nan))
-    worst = float(np.max(np.abs(value - np.asarray(func(x, y), dtype=float))))
-    if not worst <= PHOTOMETRY_TOLERANCE_MAG:
-        raise InputError(f"zp_mag is not a polynomial of order {order} in {space} space: the re-fit deviates by "
-                         f"{worst:.3g} mag (limit {PHOTOMETRY_TOLERANCE_MAG:g}); pass the model's true order "
-                         "or space", visit=int(visit), detector=int(detector))
 
 
 def _ccd_to_dict(ccd: CcdCalibration) -> dict:

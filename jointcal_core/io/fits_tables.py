@@ -152,3 +152,110 @@ def read_fits_tables(path: str | Path) -> list | None:
     except (KeyError, ValueError, TypeError, UnicodeDecodeError):
         return None
     return out
+
+
+def first_extension_name(path: str | Path, max_bytes: int = 2880 * 64) -> str | None:
+    """EXTNAME (upper case) of the HDU after a data-less primary HDU, read from the first
+    ``max_bytes`` of the file; None when the file does not start that way (callers then ask
+    astropy). A cheap test of a file's kind: no astropy HDU objects are built."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(max_bytes)
+    except OSError:
+        return None
+    if not raw.startswith(b"SIMPLE  ="):
+        return None
+    try:
+        cards, pos = _parse_header(raw, 0)
+        if cards is None or int(_value(cards.get("NAXIS", "0"))) != 0:
+            return None
+        cards, _ = _parse_header(raw, pos)
+        if cards is None or "EXTNAME" not in cards:
+            return None
+        return str(_value(cards["EXTNAME"])).upper()
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+_INT = re.compile(r"^[+-]?\d+$")
+_FLOAT = re.compile(r"^[+-]?(\.\d+|\d+(\.\d*)?)([DE][+-]?\d+)?$")
+
+
+class CardHeader:
+    """A read-only header parsed from 80-character cards: what the LDAC reader asks of a header
+    (``get``, ``in``, ``[]``, ``keys``), ~20x faster than building an ``astropy.io.fits.Header``.
+
+    Values are parsed as astropy parses them (strings unquoted with trailing blanks removed,
+    ``T``/``F`` as bool, integers as int, other numbers as float). :meth:`parse` returns None for
+    a header it does not handle exactly like astropy (HIERARCH or CONTINUE cards, a keyword given
+    twice, a value that is not a plain string, logical or real number...); callers then use
+    ``fits.Header.fromstring``. :meth:`to_astropy` gives the full astropy header.
+    """
+
+    def __init__(self, text: str, values: dict, numbers: dict):
+        self._text = text
+        self._values = values
+        self.numbers = numbers    #: {keyword: float} of every numeric card
+
+    @classmethod
+    def parse(cls, text: str) -> CardHeader | None:
+        values, numbers = {}, {}
+        for i in range(0, len(text), 80):
+            card = text[i:i + 80]
+            key = card[:8].rstrip()
+            if key == "END":
+                break
+            if card[8:10] != "= ":
+                if key in ("HIERARCH", "CONTINUE") or not key.replace("-", "").replace("_", "").isalnum() \
+                        and key not in ("", "COMMENT", "HISTORY"):
+                    return None
+                continue
+            if key in values or key != key.upper():
+                return None
+            value = cls._parse_value(card[10:])
+            if value is None:
+                return None
+            values[key] = value
+            if type(value) in (int, float):
+                numbers[key] = float(value)
+        return cls(text, values, numbers)
+
+    @staticmethod
+    def _parse_value(text: str):
+        text = text.strip()
+        if text.startswith("'"):
+            end = text.find("'", 1)
+            while end != -1 and text[end + 1:end + 2] == "'":
+                end = text.find("'", end + 2)
+            if end == -1:
+                return None
+            rest = text[end + 1:].strip()
+            if rest and not rest.startswith("/"):
+                return None
+            return text[1:end].replace("''", "'").rstrip()
+        text = text.split("/", 1)[0].strip()
+        if text in ("T", "F"):
+            return text == "T"
+        if _INT.match(text):
+            return int(text)
+        if _FLOAT.match(text):
+            return float(text.replace("D", "E"))
+        return None
+
+    def get(self, key: str, default=None):
+        return self._values.get(key.upper(), default)
+
+    def __contains__(self, key: str) -> bool:
+        return key.upper() in self._values
+
+    def __getitem__(self, key: str):
+        return self._values[key.upper()]
+
+    def keys(self):
+        """The keywords of the valued cards (commentary cards are not listed)."""
+        return self._values.keys()
+
+    def to_astropy(self):
+        from astropy.io import fits
+
+        return fits.Header.fromstring(self._text)

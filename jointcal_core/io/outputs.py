@@ -95,7 +95,7 @@ def write_outputs(out_dir: str | Path, joint, *, provenance: dict | None = None,
     from ..metrics import compute_metrics
     from . import export_models
 
-    with atomic_output_dir(out_dir, clobber) as tmp:
+    with atomic_output_dir(out_dir, clobber) as tmp, _results_computed_once(joint):
         export_models.write_model_files(tmp, joint)
         _write_tables(tmp, joint)
         _json(tmp / "metrics.json", compute_metrics(joint))
@@ -104,6 +104,26 @@ def write_outputs(out_dir: str | Path, joint, *, provenance: dict | None = None,
         for writer in extra_writers:
             writer(tmp, joint)
     return Path(out_dir)
+
+
+@contextmanager
+def _results_computed_once(joint):
+    """Within the block, each problem's ``residuals()`` and ``star_mags()`` (when it has them) are
+    computed once and then returned as is: the exporters, tables and metrics each ask for them,
+    and the fitted state does not change while the outputs are written."""
+    patched = []
+    for problem in joint.problems.values():
+        for name in ("residuals", "star_mags"):
+            method = getattr(type(problem), name, None)
+            if callable(method) and name not in vars(problem):
+                value = method(problem)
+                setattr(problem, name, lambda value=value: value)
+                patched.append((problem, name))
+    try:
+        yield
+    finally:
+        for problem, name in patched:
+            delattr(problem, name)
 
 
 def _write_tables(tmp: Path, joint) -> None:

@@ -38,7 +38,9 @@ from .wcs_fits import (
     _sip_coefficients,
     _tangent_point,
     _terms,
+    monomial_design,
     pixel_grid,
+    poly2d,
 )
 
 __all__ = [
@@ -49,6 +51,7 @@ __all__ = [
     "header_text",
     "sample_ccd",
     "start_order",
+    "start_orders",
     "tan_sip_export",
     "tpv_export",
 ]
@@ -84,7 +87,11 @@ def card(key: str, value, comment: str = "") -> str:
 
 def _rounded(value: float) -> float:
     """The float a reader gets back from the card text of ``value``."""
-    return float(_format(float(value)))
+    value = float(value)
+    text = repr(value)
+    if len(text) <= 20:     # written in full: read back exactly
+        return value
+    return float(_format(value))
 
 
 def header_text(cards: list[tuple]) -> list[str]:
@@ -156,7 +163,7 @@ def _fidelity(s: CcdSamples, xi_h, eta_h, crval) -> tuple[float, float]:
 
 
 def _poly(matrix: np.ndarray, u, v):
-    return np.polynomial.polynomial.polyval2d(u, v, matrix)
+    return poly2d(matrix, u, v)
 
 
 # --- least squares on the fixed grids: the fitting and check grids depend only on the bbox, so
@@ -165,10 +172,27 @@ def _poly(matrix: np.ndarray, u, v):
 _GRID_CACHE: dict = {}
 
 
+_KEY_OF_ARRAYS: dict = {}
+
+
+def _grid_key(s: CcdSamples) -> tuple:
+    """Key of the sampling grids of ``s``: hashes of their values, memoised on the arrays' identity
+    (samples of one bbox made by ``export_models.all_samples`` share their grid arrays)."""
+    ident = (id(s.u), id(s.v), id(s.x_chk))
+    hit = _KEY_OF_ARRAYS.get(ident)
+    if hit is not None and hit[0] is s.u and hit[1] is s.v and hit[2] is s.x_chk:
+        return hit[3]
+    key = (hash(s.u.tobytes()), hash(s.v.tobytes()), hash(s.x_chk.tobytes()), float(s.centre[0]),
+           float(s.centre[1]))
+    if len(_KEY_OF_ARRAYS) > 256:
+        _KEY_OF_ARRAYS.clear()
+    _KEY_OF_ARRAYS[ident] = (s.u, s.v, s.x_chk, key)    # holding the arrays keeps their ids unique
+    return key
+
+
 def _grid_operators(s: CcdSamples, order: int):
     """(terms, pinv (m, n) in scaled coordinates, term scales (m,), check design (n_chk, m))."""
-    key = (hash(s.u.tobytes()), hash(s.v.tobytes()), hash(s.x_chk.tobytes()), float(s.centre[0]),
-           float(s.centre[1]), order)
+    key = (_grid_key(s), order)
     ops = _GRID_CACHE.get(key)
     if ops is None:
         terms = _terms(order)
@@ -201,6 +225,36 @@ def start_order(s: CcdSamples, max_order: int = 7, rms_mas: float = 1.0, max_mas
         if np.sqrt(np.mean(err_mas ** 2)) <= 0.9 * rms_mas and np.max(err_mas) <= 0.9 * max_mas:
             return order
     return max_order
+
+
+def start_orders(samples: list, max_order: int = 7, rms_mas: float = 1.0, max_mas: float = 3.0) -> list[int]:
+    """:func:`start_order` of every sample; the CCDs sampled on one grid are fitted and checked
+    together (one matrix product per grid and order)."""
+    out = [max_order] * len(samples)
+    groups: dict = {}
+    for k, s in enumerate(samples):
+        groups.setdefault(_grid_key(s), []).append(k)
+    # CCDs of one grid in chunks, so that the arrays of a chunk stay small (~10 MB)
+    chunks = [ks[a:a + 256] for ks in groups.values() for a in range(0, len(ks), 256)]
+    for ks in chunks:
+        first = samples[ks[0]]
+        fit = np.stack([a for k in ks for a in (samples[k].xi, samples[k].eta)], axis=1)     # (n, 2 K)
+        chk_xi = np.stack([samples[k].xi_chk for k in ks], axis=1)
+        chk_eta = np.stack([samples[k].eta_chk for k in ks], axis=1)
+        pending = np.arange(len(ks))
+        for order in range(1, max_order + 1):
+            _, pinv, scale, check = _grid_operators(first, order)
+            cols = np.stack([2 * pending, 2 * pending + 1], axis=1).ravel()
+            coef = (pinv @ fit[:, cols]) / scale[:, None]
+            err_mas = np.hypot(check @ coef[:, 0::2] - chk_xi[:, pending],
+                               check @ coef[:, 1::2] - chk_eta[:, pending]) * 3.6e6
+            ok = (np.sqrt(np.mean(err_mas ** 2, axis=0)) <= 0.9 * rms_mas) & (np.max(err_mas, axis=0) <= 0.9 * max_mas)
+            for j in pending[ok]:
+                out[ks[j]] = order
+            pending = pending[~ok]
+            if pending.size == 0:
+                break
+    return out
 
 
 def _substitute_linear(terms, c_xi, c_eta, inv: np.ndarray):
@@ -269,15 +323,15 @@ def tan_sip_export(s: CcdSamples, max_order: int = 7, rms_mas: float = 1.0, max_
             inverse = float(np.max(np.hypot(back_u - u, back_v - v)))
         report = FidelityReport(order, rms, worst, rms <= rms_mas and worst <= max_mas, s.x_chk.size, inverse)
         if best is None or report.meets_limits or (rms, worst) < (best[1].rms_mas, best[1].max_mas):
-            best = (header_text(_sip_items(crval, crpix, cd, sip)), report)
+            best = ((crval, crpix, cd, sip), report)
         if report.meets_limits:
             break
-    return best
+    return header_text(_sip_items(*best[0])), best[1]
 
 
 def _round_array(values: np.ndarray) -> np.ndarray:
     """Every entry as read back from its card (zeros, which are not written, stay 0)."""
-    flat = [_rounded(v) if v != 0 else 0.0 for v in np.ravel(values)]
+    flat = [_rounded(v) if v != 0 else 0.0 for v in np.ravel(values).tolist()]
     return np.array(flat, dtype=float).reshape(np.shape(values))
 
 
@@ -326,15 +380,16 @@ def tpv_export(s: CcdSamples, max_order: int = 7, rms_mas: float = 1.0, max_mas:
             pv2[TPV_TERM_START[i + j] + i], text2[TPV_TERM_START[i + j] + i] = _rounded(ce), float(ce)
         u, v = s.x_chk + 1.0 - crpix[0], s.y_chk + 1.0 - crpix[1]
         xq, yq = cd[0, 0] * u + cd[0, 1] * v, cd[1, 0] * u + cd[1, 1] * v
-        xi = sum(pv1[TPV_TERM_START[i + j] + j] * xq ** i * yq ** j for i, j in terms)
-        eta = sum(pv2[TPV_TERM_START[i + j] + i] * xq ** i * yq ** j for i, j in terms)
+        design = monomial_design(xq, yq, terms)
+        xi = design @ np.array([pv1[TPV_TERM_START[i + j] + j] for i, j in terms])
+        eta = design @ np.array([pv2[TPV_TERM_START[i + j] + i] for i, j in terms])
         rms, worst = _fidelity(s, xi, eta, crval)
         report = FidelityReport(order, rms, worst, rms <= rms_mas and worst <= max_mas, s.x_chk.size)
         if best is None or report.meets_limits or (rms, worst) < (best[1].rms_mas, best[1].max_mas):
-            best = (header_text(_tpv_items(s.crval, s.centre + 1.0, cd_exact, text1, text2)), report)
+            best = ((s.crval, s.centre + 1.0, cd_exact, text1, text2), report)
         if report.meets_limits:
             break
-    return best
+    return header_text(_tpv_items(*best[0])), best[1]
 
 
 # --- reading: build the astropy WCS of a plain TAN / TAN-SIP / TPV header without WCS(header) ---
@@ -404,6 +459,8 @@ def fast_celestial_wcs(header):
 
 def _numeric_values(header) -> dict:
     """Numeric WCS-related values parsed from the card images (much faster than Header lookups)."""
+    if hasattr(header, "numbers"):    # a CardHeader: its numeric cards are parsed already
+        return {k: v for k, v in header.numbers.items() if _WCS_KEYS.match(k) or k in _NUMERIC_EXTRA}
     out = {}
     for c in header.cards:
         image = c.image

@@ -116,6 +116,28 @@ def _terms(order: int, min_order: int = 0) -> list[tuple[int, int]]:
     return [(n - j, j) for n in range(min_order, order + 1) for j in range(n + 1)]
 
 
+def monomial_design(u, v, terms) -> np.ndarray:
+    """Columns ``u**i * v**j`` for the ``(i, j)`` in ``terms``, shape (n, len(terms)), from one
+    table of powers per coordinate."""
+    u, v = np.asarray(u, dtype=float).ravel(), np.asarray(v, dtype=float).ravel()
+    index = np.asarray(terms, dtype=np.int64).reshape(-1, 2)
+    top = int(index.max())
+    pu, pv = np.empty((top + 1, u.size)), np.empty((top + 1, v.size))
+    pu[0] = pv[0] = 1.0
+    for k in range(1, top + 1):
+        np.multiply(pu[k - 1], u, out=pu[k])
+        np.multiply(pv[k - 1], v, out=pv[k])
+    return (pu[index[:, 0]] * pv[index[:, 1]]).T
+
+
+def poly2d(matrix: np.ndarray, u, v) -> np.ndarray:
+    """``sum M[p, q] u**p v**q`` over the non-zero entries (``polyval2d`` for sparse SIP matrices)."""
+    p, q = np.nonzero(matrix)
+    if p.size == 0:
+        return np.zeros(np.shape(u))
+    return monomial_design(u, v, list(zip(p.tolist(), q.tolist()))) @ matrix[p, q]
+
+
 def fit_tangent_polynomial(u, v, xi, eta, order: int, min_order: int = 0):
     """Least-squares polynomial ``(xi, eta) = sum c_ij u**i v**j`` over ``min_order <= i+j <= order``.
 
@@ -139,7 +161,7 @@ def fit_tangent_polynomial(u, v, xi, eta, order: int, min_order: int = 0):
     su = max(float(np.max(np.abs(u))), 1e-300)
     sv = max(float(np.max(np.abs(v))), 1e-300)
     un, vn = np.asarray(u) / su, np.asarray(v) / sv
-    design = np.stack([un**i * vn**j for i, j in terms], axis=1)
+    design = monomial_design(un, vn, terms)
     coef, *_ = np.linalg.lstsq(design, np.stack([xi, eta], axis=1), rcond=None)
     scale = np.array([su**i * sv**j for i, j in terms])
     return terms, coef[:, 0] / scale, coef[:, 1] / scale
@@ -205,8 +227,8 @@ def _sip_coefficients(terms, c_xi, c_eta, u, v):
         if sum(t) != 1:
             a[t], b[t] = cd_inv @ coef[t]
     # inverse: pixel offset (u, v) = (U, V) + (AP, BP)(U, V) with (U, V) = (u, v) + (A, B)(u, v)
-    big_u = u + np.polynomial.polynomial.polyval2d(u, v, a)
-    big_v = v + np.polynomial.polynomial.polyval2d(u, v, b)
+    big_u = u + poly2d(a, u, v)
+    big_v = v + poly2d(b, u, v)
     inv_order, inv_terms, c_ap, c_bp = _fit_inverse(big_u, big_v, u - big_u, v - big_v, order)
     ap, bp = np.zeros((inv_order + 1, inv_order + 1)), np.zeros((inv_order + 1, inv_order + 1))
     for t, c1, c2 in zip(inv_terms, c_ap, c_bp):
@@ -257,7 +279,7 @@ def _fit_inverse(big_u, big_v, du, dv, order: int, tol_pix: float = 1e-3):
     best = None
     for inv_order in range(order, order + 4):
         terms, c_u, c_v = fit_tangent_polynomial(big_u, big_v, du, dv, inv_order)
-        design = np.stack([big_u**i * big_v**j for i, j in terms], axis=1)
+        design = monomial_design(big_u, big_v, terms)
         err = float(np.max(np.hypot(design @ c_u - du, design @ c_v - dv)))
         if best is None or err < best[0]:
             best = (err, inv_order, terms, c_u, c_v)

@@ -316,15 +316,21 @@ class AstrometryProblem(FitProblem):
                 [f"visit {v} detector {d}" for v, d in zip(ccds.visit, ccds.detector)])
 
     # --- public results ----------------------------------------------------------------------------
-    def pixel_to_tangent(self, ccd: int, x, y) -> tuple[np.ndarray, np.ndarray]:
-        """Pixels of ccdImage ``ccd`` -> its visit tangent plane (deg), see :meth:`tangent_point_deg`."""
+    def pixel_to_tangent(self, ccd, x, y) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels of ccdImage ``ccd`` (an int, or one per pixel, shape (n,)) -> its visit tangent
+        plane (deg), see :meth:`tangent_point_deg`."""
         x, y = np.atleast_1d(np.asarray(x, float)).ravel(), np.atleast_1d(np.asarray(y, float)).ravel()
-        xi, eta, *_ = self.mapping.evaluate(self.params, np.full(x.size, int(ccd)), x, y, jacobian=False)
+        ccd = np.broadcast_to(np.asarray(ccd, np.int64), x.shape).ravel()
+        xi, eta, *_ = self.mapping.evaluate(self.params, ccd, x, y, jacobian=False)
         return xi, eta
 
-    def pixel_to_sky(self, ccd: int, x, y) -> tuple[np.ndarray, np.ndarray]:
-        """Pixels of ccdImage ``ccd`` -> (ra, dec) in degrees with the fitted model."""
-        return tangent_to_sky(*self.pixel_to_tangent(ccd, x, y), *self.tangent_point_deg(ccd))
+    def pixel_to_sky(self, ccd, x, y) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels of ccdImage ``ccd`` (an int, or one per pixel) -> (ra, dec) in degrees with the fitted model."""
+        if np.ndim(ccd) == 0:
+            return tangent_to_sky(*self.pixel_to_tangent(ccd, x, y), *self.tangent_point_deg(ccd))
+        xi, eta = self.pixel_to_tangent(ccd, x, y)
+        centers = self.ccd_centers[np.asarray(ccd, np.int64).ravel()]
+        return tangent_to_sky(xi, eta, centers[:, 0], centers[:, 1])
 
     def tangent_point_deg(self, ccd: int) -> tuple[float, float]:
         """(ra, dec) of the tangent point of ccdImage ``ccd``'s visit (its boresight)."""

@@ -24,6 +24,7 @@ its visit's tangent plane (:func:`init_simple`, :func:`init_constrained`).
 from __future__ import annotations
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ..data import Camera, CcdImages
 from ..fit.problem import FitGroup
@@ -306,17 +307,20 @@ def init_simple(ccd_images: CcdImages, centers: np.ndarray, order: int) -> tuple
     """
     mapping = SimpleMapping(ccd_images, order)
     params = np.zeros((mapping.n_ccd, 2, mapping.nt))
-    n_grid = max(_GRID, order + 3)
-    for c in range(mapping.n_ccd):
-        x, y, xi, eta = wcs_tangent_grid(ccd_images, c, tuple(centers[c]), n_grid)
-        basis = PolyBasis2D(order, tuple(mapping.domains[c]))
-        params[c] = basis.fit(x, y, np.column_stack([xi, eta])).T
+    x, y, xi, eta = _input_wcs_grids(ccd_images, centers, max(_GRID, order + 3))
+    with threadpool_limits(limits=1, user_api="blas"):
+        for c in range(mapping.n_ccd):
+            basis = PolyBasis2D(order, tuple(mapping.domains[c]))
+            params[c] = basis.fit(x[c], y[c], np.column_stack([xi[c], eta[c]])).T
     return mapping, params.ravel()
 
 
-def _initial_chips(ccd_images: CcdImages, camera: Camera | None, centers: np.ndarray, chips: np.ndarray,
+def _initial_chips(ccd_images: CcdImages, camera: Camera | None, grids, chips: np.ndarray,
                    ccd_chip: np.ndarray, chip_order: int, reference_visit: int):
-    """Chip polynomials (n_chips, 2, nc) from the camera, else from the input WCS (see init_constrained)."""
+    """Chip polynomials (n_chips, 2, nc) from the camera, else from the input WCS (see init_constrained).
+
+    ``grids`` = (x, y, xi, eta), each (n_ccd, n_points): every ccdImage's input WCS on its grid
+    (:func:`_input_wcs_grids`)."""
     nc = len(poly_terms(chip_order))
     coef = np.zeros((chips.size, 2, nc))
     n_ccd_of_visit = {v: int(np.sum(ccd_images.visit == v)) for v in np.unique(ccd_images.visit)}
@@ -334,9 +338,29 @@ def _initial_chips(ccd_images: CcdImages, camera: Camera | None, centers: np.nda
                 row = rows[visits == reference_visit][0]
             else:
                 row = rows[np.argmax([n_ccd_of_visit[v] for v in visits])]
-            x, y, u, v = wcs_tangent_grid(ccd_images, row, tuple(centers[row]), max(_GRID, chip_order + 3))
+            x, y, u, v = (a[row] for a in grids)
         coef[d] = basis.fit(x, y, np.column_stack([u, v])).T
     return coef
+
+
+def _input_wcs_grids(ccd_images: CcdImages, centers: np.ndarray, n: int):
+    """:func:`wcs_tangent_grid` of every ccdImage: x, y, xi_deg, eta_deg, each shape (n_ccd, n * n).
+
+    The grid of each bbox is built once; the input WCSs are evaluated one call per ccdImage and
+    projected in one call."""
+    n_ccd = len(ccd_images)
+    x, y = np.empty((n_ccd, n * n)), np.empty((n_ccd, n * n))
+    ra, dec = np.empty((n_ccd, n * n)), np.empty((n_ccd, n * n))
+    domains, grids = _domains(ccd_images.bbox), {}
+    for c in range(n_ccd):
+        key = tuple(domains[c])
+        if key not in grids:
+            grids[key] = PolyBasis2D(1, key).grid(n)
+        x[c], y[c] = grids[key]
+        ra[c], dec[c] = ccd_images.wcs[c].all_pix2world(x[c], y[c], 0)
+    centers = np.asarray(centers, float)
+    xi, eta = sky_to_tangent(ra, dec, centers[:, 0, None], centers[:, 1, None])
+    return x, y, xi, eta
 
 
 def init_constrained(ccd_images: CcdImages, camera: Camera | None, centers: np.ndarray, chip_order: int,
@@ -350,8 +374,9 @@ def init_constrained(ccd_images: CcdImages, camera: Camera | None, centers: np.n
     chips' focal-plane positions: the starting model is the input calibration, not the identity.
     """
     chips, ccd_chip = np.unique(ccd_images.detector, return_inverse=True)
-    chip_coef = _initial_chips(ccd_images, camera, centers, chips, ccd_chip, chip_order, reference_visit)
     n_grid = max(_GRID, chip_order + 3)
+    grids = _input_wcs_grids(ccd_images, centers, n_grid)
+    chip_coef = _initial_chips(ccd_images, camera, grids, chips, ccd_chip, chip_order, reference_visit)
     # focal-plane domain: the extent of every chip's corners, padded by 2 % so points stay inside
     corners = []
     for d in range(chips.size):
@@ -369,13 +394,16 @@ def init_constrained(ccd_images: CcdImages, camera: Camera | None, centers: np.n
     params[:mapping.visit_offset] = chip_coef.ravel()
     visit_coef = np.zeros((mapping.visits.size, 2, mapping.nv))
     basis = mapping.focal_basis()
-    for v in range(mapping.visits.size):
-        uv, target = [], []
-        for row in np.flatnonzero(mapping.ccd_visit == v):
-            x, y, xi, eta = wcs_tangent_grid(ccd_images, row, tuple(centers[row]), n_grid)
-            uv.append(mapping.chip_to_focal(params, np.full(x.size, mapping.ccd_chip[row]), x, y)[0])
-            target.append(np.column_stack([xi, eta]))
-        uv, target = np.concatenate(uv), np.concatenate(target)
-        visit_coef[v] = basis.fit(uv[:, 0], uv[:, 1], target).T
+    x, y, xi, eta = grids
+    n_points = x.shape[1]
+    uv = mapping.chip_to_focal(params, np.repeat(mapping.ccd_chip, n_points), x.ravel(), y.ravel())[0]
+    uv = uv.reshape(len(ccd_images), n_points, 2)
+    target = np.stack([xi, eta], axis=2)
+    # ~50 small least-squares fits: one BLAS thread avoids oversubscribing a shared machine
+    with threadpool_limits(limits=1, user_api="blas"):
+        for v in range(mapping.visits.size):
+            rows = np.flatnonzero(mapping.ccd_visit == v)
+            uv_v = uv[rows].reshape(-1, 2)
+            visit_coef[v] = basis.fit(uv_v[:, 0], uv_v[:, 1], target[rows].reshape(-1, 2)).T
     params[mapping.visit_offset:] = visit_coef.ravel()
     return mapping, params

@@ -71,18 +71,28 @@ class FocalPlane:
     def _fit_affines(self) -> np.ndarray:
         """Per ccdImage, the affine (2, 3) pixel -> visit tangent plane fitted to its input WCS."""
         ccds = self._ccds
+        n = len(ccds)
         centers = ccds.visit_centers_deg()
-        out = np.full((len(ccds), 2, 3), np.nan)
         g = np.linspace(0.0, 1.0, 5)
+        gx, gy = np.empty((n, g.size ** 2)), np.empty((n, g.size ** 2))
+        ra, dec = np.empty_like(gx), np.empty_like(gx)
         for i, wcs in enumerate(ccds.wcs):
             x0, y0, x1, y1 = ccds.bbox[i]
-            gx, gy = np.meshgrid(x0 + g * (x1 - x0), y0 + g * (y1 - y0))
-            gx, gy = gx.ravel(), gy.ravel()
-            ra, dec = wcs.all_pix2world(gx, gy, 0)
-            u, v = sky_to_tangent(ra, dec, *centers[int(ccds.visit[i])])
-            design = np.column_stack([gx, gy, np.ones_like(gx)])
-            coef, *_ = np.linalg.lstsq(design, np.column_stack([u, v]), rcond=None)
-            out[i] = coef.T
+            xx, yy = np.meshgrid(x0 + g * (x1 - x0), y0 + g * (y1 - y0))
+            gx[i], gy[i] = xx.ravel(), yy.ravel()
+            ra[i], dec[i] = wcs.all_pix2world(gx[i], gy[i], 0)
+        center = np.array([centers[int(v)] for v in ccds.visit], float).reshape(n, 2)
+        u, v = sky_to_tangent(ra, dec, center[:, 0, None], center[:, 1, None])
+        # one least-squares solve per CCD size: the grids (hence the designs) of equal bboxes are equal
+        out = np.full((n, 2, 3), np.nan)
+        _, group = np.unique(ccds.bbox, axis=0, return_inverse=True)
+        for k in np.unique(group):
+            rows = np.flatnonzero(group.ravel() == k)
+            design = np.column_stack([gx[rows[0]], gy[rows[0]], np.ones(g.size ** 2)])
+            rhs = np.concatenate([u[rows].T, v[rows].T], axis=1)       # (25, 2 m): u columns then v
+            coef, *_ = np.linalg.lstsq(design, rhs, rcond=None)
+            out[rows, 0] = coef[:, :rows.size].T
+            out[rows, 1] = coef[:, rows.size:].T
         return out
 
 

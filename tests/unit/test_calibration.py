@@ -139,3 +139,42 @@ def test_calibration_feeds_the_wcs_exporter(calibration):
     sky = functools.partial(calibration.sky, 850587, 12)
     _, report = fit_tan_sip(sky, BBOX, TANGENT, rms_mas=0.01, max_mas=0.03)
     assert report.order == 5 and report.max_mas < 0.01
+
+
+def test_from_batch_matches_per_ccd_callables(calibration):
+    """One callable over many CCDs (ccd row per pixel) gives the per-CCD fits to rounding."""
+    visits, detectors = zip(*KEYS)
+
+    def tangent(k, x, y):
+        out = np.empty((2, np.size(x)))
+        for c in np.unique(k):
+            sel = k == c
+            out[:, sel] = pixel_to_tangent(int(c))(x[sel], y[sel])
+        return out
+
+    def zp(k, x, y):
+        return np.concatenate([zp_mag(int(c))(x[k == c], y[k == c]) for c in np.unique(k)])[np.argsort(
+            np.argsort(k, kind="stable"), kind="stable")]
+
+    batch = Calibration.from_batch((visits, detectors, np.tile(BBOX, (3, 1))), astrometry=(tangent, [TANGENT] * 3, 5),
+                                   photometry=(zp, 4), metadata={"band": "r"}, chunk=2)
+    assert batch.keys() == calibration.keys()
+    for key in KEYS:
+        a, b = batch.ccd(*key), calibration.ccd(*key)
+        assert a.tangent_point_deg == b.tangent_point_deg and a.astrometry.terms == b.astrometry.terms
+        np.testing.assert_allclose(a.astrometry.coefficients, b.astrometry.coefficients, rtol=0, atol=1e-15)
+        np.testing.assert_allclose(a.photometry.coefficients, b.photometry.coefficients, rtol=0, atol=1e-12)
+    with pytest.raises(InputError, match="not a polynomial of order 4"):
+        Calibration.from_batch(([849375], [12], [BBOX]), astrometry=(tangent, [TANGENT], 4))
+
+
+def test_json_text_is_that_of_the_json_module(calibration, tmp_path):
+    from jointcal_core.calibration import json_default
+    from jointcal_core.json_text import dumps_indented
+
+    path = calibration.to_json(tmp_path / "c.json")
+    assert path.read_text() == json.dumps(calibration.to_dict(), indent=1, default=json_default) + "\n"
+    doc = {"a": [1.5, float("nan"), -float("inf"), np.float64(2.5)], "b": {"t": [[0, 1], [2, 3]], "e": [], "m": [[1], [2, "x"]]},
+           "c": 'é"\n', "d": True, "e": None, "f": np.int64(3), "g": np.arange(3.0), "h": (1, 2.0, "s"), 3: {}, None: [False]}
+    for indent in (1, 2, 4):
+        assert dumps_indented(doc, indent, json_default) == json.dumps(doc, indent=indent, default=json_default)

@@ -56,3 +56,50 @@ def test_unusual_files_are_left_to_astropy(tmp_path):
     assert read_fits_tables(tmp_path / "img.fits") is None
     (tmp_path / "x.txt").write_text("not fits")
     assert read_fits_tables(tmp_path / "x.txt") is None
+
+
+# ---- CardHeader: the fast header of the LDAC reader --------------------------------------------
+CALEXP = ("/work/shared/data/lsst_jointcal_tests_data/tests/data/cfht_minimal/repo/calexp/06AL01/D3/2006-06-02/r/"
+          "calexp-850587-12.fits.fz")
+MEGACAM_AHEAD = "/work/shared/data/scamp_tests_extra/tests/extra/megacam.ahead"
+
+
+def _astropy_values(header: fits.Header) -> dict:
+    return {k: header[k] for k in header if k not in ("", "COMMENT", "HISTORY")}
+
+
+def test_card_header_values_equal_astropy_on_real_headers():
+    from jointcal_core.io.fits_tables import CardHeader
+    from jointcal_core.io.ldac import read_ahead
+
+    # the 36 MegaCam CCD headers of SCAMP's megacam.ahead (COMMENT cards, D-less exponents, comments)
+    blocks = read_ahead(MEGACAM_AHEAD)
+    assert len(blocks) == 36
+    for block in blocks:
+        mine = CardHeader.parse(block.tostring())
+        assert mine is not None
+        theirs = _astropy_values(block)
+        assert set(mine.keys()) == set(theirs)
+        for key, value in theirs.items():
+            assert mine[key] == value and type(mine[key]) is type(value), key
+        assert mine.to_astropy().tostring() == block.tostring()
+    # the CFHT calexp's image header: parsed like astropy, or refused (HIERARCH/CONTINUE cards)
+    calexp = fits.getheader(CALEXP, 1)
+    mine = CardHeader.parse(calexp.tostring())
+    if mine is not None:
+        for key, value in _astropy_values(calexp).items():
+            assert mine.get(key) == value, key
+
+
+def test_card_header_refuses_what_it_cannot_read_like_astropy():
+    from jointcal_core.io.fits_tables import CardHeader
+
+    def text(*cards):
+        return "".join(c.ljust(80) for c in cards) + "END".ljust(80)
+
+    assert CardHeader.parse(text("NAXIS1  =                 2048", "FILTER  = 'r   ''x'' ' / band")).get("FILTER") == "r   'x'"
+    assert CardHeader.parse(text("EXPTIME =                  1.5D2")).get("EXPTIME") == 150.0
+    for bad in ("NAXIS1  =                 2048", "HIERARCH ESO DET CHIP = 3", "UNDEF   =                  / no value",
+                "CPLX    =           (1.0, 2.0)", "NANVAL  =                  nan"):
+        cards = ["NAXIS1  =                 2048", bad] if bad.startswith("NAXIS1") else [bad]
+        assert CardHeader.parse(text(*cards)) is None, bad
