@@ -1,7 +1,10 @@
 """FieldPicker: type a directory or catalog under the data root and load it.
 
 The path goes through ``FitSession.open``, which refuses ``..``, absolute paths outside the data
-root and symlinks leading out of it; the reason shows under the input.
+root and symlinks leading out of it; the reason shows under the input. Load is disabled while
+the server holds no typed path: served, a typed value reaches the server (debounced) separately
+from a click, and Panel's thread pool may run the two concurrently, so a Load enabled by the
+typed value itself is the page's sign that a click will see that value.
 
 Catalogs can also be uploaded (:mod:`app.uploads`): they are written to this browser session's
 temporary directory, removed when the session ends, and loaded from there.
@@ -15,6 +18,9 @@ import panel as pn
 import panel_material_ui as pmui
 import param
 
+from jointcal_core.exceptions import InputError
+
+from ..paths import resolve_under_root
 from ..session import FitSession
 from ..uploads import UPLOAD_SUFFIXES, load_upload, make_upload_dir, max_upload_bytes, remove_upload_dir
 
@@ -46,11 +52,13 @@ class FieldPicker(pn.viewable.Viewer):
             doc.on_session_destroyed(lambda _ctx: self.discard_uploads())
         self.load_button.on_click(self._on_load)
         self.path_input.param.watch(self._on_enter, "enter_pressed")
+        self.path_input.param.watch(self._on_typed, ["value_input", "value"])
         self.upload_input.param.watch(self._on_upload, "value")
         self._layout = pn.Column(
             pn.Row(self.path_input, self.load_button, self.upload_input, sizing_mode="stretch_width"),
             pmui.Typography(f"Data root: {root}", variant="caption", css_classes=["data-root"]),
             self.message, sizing_mode="stretch_width", css_classes=["field-picker"])
+        self._on_typed()
 
     def __panel__(self):
         return self._layout
@@ -64,13 +72,29 @@ class FieldPicker(pn.viewable.Viewer):
         except ValueError:
             return self.session.field_path
 
+    def typed_text(self) -> str:
+        """What is in the path box as typed (``value_input``; ``value`` before any keystroke)."""
+        text = self.path_input.value_input
+        return (self.path_input.value if text is None else text).strip()
+
+    def _on_typed(self, *_):
+        self.load_button.disabled = not self.typed_text()
+
     def _on_enter(self, _event):
         self._on_load(None)
 
     def _on_load(self, _event):
+        text = self.typed_text()
+        try:
+            resolve_under_root(text, self.session.data_root)
+        except InputError:
+            # refused at once (the session words the reason): no spinner. Toggling ``loading`` on
+            # and off within one callback sometimes left the button spinning (and disabled) for good
+            self._show(self.session.open(text))
+            return
         self.load_button.loading = True
         try:
-            ok = self.session.open(self.path_input.value_input or self.path_input.value)
+            ok = self.session.open(text)
         finally:
             self.load_button.loading = False
         self._show(ok)

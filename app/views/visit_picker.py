@@ -2,16 +2,21 @@
 
 Click a footprint to include or exclude its visit, drag a box (box-select tool) to fit exactly
 the visits centred in it, or tick rows in the table. All three set
-``FitSession.selected_visits``; the map and table follow it. Built once, updated in place.
+``FitSession.selected_visits``; the map and table follow it. Built once, updated in place: the
+map is a plain bokeh figure of one patch per CCD (:func:`app.plots.footprint_figure`) whose
+``color``/``state`` columns are patched for the CCDs that change, and the table only gets a new
+``selection``. A toggle runs the session's watchers once (``batch_call_watchers``). Measured on
+432 CCDs: 0.65 s of server time per toggle with a HoloViews DynamicMap, a few ms now.
 """
 
 from __future__ import annotations
 
-import holoviews as hv
 import numpy as np
 import panel as pn
 import panel_material_ui as pmui
 import param
+from bokeh.events import SelectionGeometry, Tap
+from bokeh.models import ColumnDataSource
 
 from .. import plots
 from ..session import FitSession
@@ -34,9 +39,12 @@ class VisitPicker(pn.viewable.Viewer):
     def __init__(self, **params):
         super().__init__(**params)
         self._syncing = False
-        self._selection_stream = hv.streams.Params(self.session, ["selected_visits"])
-        self._map = pn.pane.HoloViews(None, sizing_mode="stretch_both", min_height=420,
-                                      css_classes=["visit-map"])
+        self._source = ColumnDataSource(data={k: [] for k in ("xs", "ys", "visit", "detector", "color", "state")})
+        self._figure = plots.footprint_figure(self._source)
+        self._figure.on_event(Tap, self._on_tap_event)
+        self._figure.on_event(SelectionGeometry, self._on_box_event)
+        self._map_pane = pn.pane.Bokeh(None, sizing_mode="stretch_both", min_height=420)
+        self._map = pn.Column(self._map_pane, sizing_mode="stretch_both", min_height=420, css_classes=["visit-map"])
         self._table = pn.widgets.Tabulator(
             plots.visit_table_empty(), selectable="checkbox", show_index=False, disabled=True,
             titles=_TABLE_TITLES, formatters=_TABLE_FORMATS,
@@ -71,28 +79,25 @@ class VisitPicker(pn.viewable.Viewer):
             self._syncing = False
 
     # --- building -------------------------------------------------------------------------------
-    def _footprints(self, selected_visits):
-        return plots.footprint_map(self.session.field, selected_visits)
-
     def _update_field(self, *_):
         field = self.session.field
         self._empty.visible = field is None
         self._content.visible = field is not None
-        if field is None:
-            self._map.object = None
-            self._table.value = plots.visit_table_empty()
-            return
-        dmap = hv.DynamicMap(self._footprints, streams=[self._selection_stream])
-        hv.streams.Tap(source=dmap).add_subscriber(self._on_tap)
-        hv.streams.BoundsXY(source=dmap).add_subscriber(self._on_box)
-        self._map.object = dmap
-        self._table.value = plots.visit_table(field)
+        data = ({k: [] for k in self._source.data} if field is None
+                else plots.footprint_columns(field, self.session.selected_visits))
+        self._on_page(lambda: setattr(self._source, "data", data))
+        # no figure without a field: an empty one logs "could not set initial ranges" on every layout
+        figure = None if field is None else self._figure
+        if self._map_pane.object is not figure:
+            self._map_pane.object = figure
+        self._table.value = plots.visit_table_empty() if field is None else plots.visit_table(field)
         self._update_selection()
 
     def _update_selection(self, *_):
         visits = self.session.visits
         chosen = self.session.selected_visits
-        self._summary.object = f"{len(chosen)} of {len(visits)} visits selected for the fit"
+        if self.session.field is not None:
+            self._recolor(plots.footprint_style(self.session.field, chosen))
         rows = [int(i) for i in np.flatnonzero(np.isin(self._table.value["visit"].to_numpy(), chosen))]
         if sorted(self._table.selection) != rows:
             self._syncing = True
@@ -100,27 +105,62 @@ class VisitPicker(pn.viewable.Viewer):
                 self._table.selection = rows
             finally:
                 self._syncing = False
+        # last: once the summary shows the new count, map and table have been sent too
+        self._summary.object = f"{len(chosen)} of {len(visits)} visits selected for the fit"
+
+    def _recolor(self, style: dict[str, list[str]]) -> None:
+        """Patch the map's ``color``/``state`` columns where they differ from ``style``."""
+        def patch():
+            old = self._source.data["color"]
+            if len(old) != len(style["color"]):
+                return  # the field changed meanwhile: _update_field sent whole columns
+            changed = [i for i, (a, b) in enumerate(zip(old, style["color"])) if a != b]
+            if changed:
+                self._source.patch({name: [(i, style[name][i]) for i in changed] for name in ("color", "state")})
+        self._on_page(patch)
+
+    @staticmethod
+    def _on_page(fn) -> None:
+        """Run ``fn`` (it changes bokeh models) now, or on the page's event loop from another thread."""
+        doc = pn.state.curdoc
+        if doc is None or doc.session_context is None:
+            fn()
+        else:
+            pn.state.execute(fn, schedule="auto")
 
     # --- events --------------------------------------------------------------------------------
+    def _select(self, action, *args) -> None:
+        """Call a session method, its watchers called once with every change (one update per view)."""
+        with pn.io.hold(), param.parameterized.batch_call_watchers(self.session):
+            action(*args)
+
     def _on_table_selection(self, event):
         if self._syncing or self.session.field is None:
             return
         visits = self._table.value["visit"].to_numpy()[list(event.new)]
-        self.session.select_visits(visits)
+        self._select(self.session.select_visits, visits)
+
+    def _on_tap_event(self, event) -> None:
+        self._on_tap(x=event.x, y=event.y)
+
+    def _on_box_event(self, event) -> None:
+        geometry = event.geometry or {}
+        if event.final and geometry.get("type") == "rect":
+            self._on_box(bounds=(geometry["x0"], geometry["y0"], geometry["x1"], geometry["y1"]))
 
     def _on_tap(self, x=None, y=None, **_):
         if x is None or y is None or self.session.field is None:
             return
         visit = plots.visit_at(self.session.field, x, y)
         if visit is not None:
-            self.session.toggle_visit(visit)
+            self._select(self.session.toggle_visit, visit)
 
     def _on_box(self, bounds=None, **_):
         if bounds is None or self.session.field is None:
             return
         visits = plots.visits_in_box(self.session.field, bounds)
         if visits:
-            self.session.select_visits(visits)
+            self._select(self.session.select_visits, visits)
 
     def _on_select_all(self, _event):
-        self.session.select_visits(self.session.visits)
+        self._select(self.session.select_visits, self.session.visits)
