@@ -178,3 +178,22 @@ def test_jointcal_app_builds_for_a_notebook_with_an_in_memory_field(small_field)
     assert app.__panel__() is not None
     assert app.session.dispatch is None  # no served page: updates are applied where they are made
     assert app.tabs._names[:2] == ["Visits", "Fit"] and app.tabs._names[-1] == "Export"
+
+
+def test_served_page_does_not_follow_the_server_wide_busy_flag(tmp_path):
+    # panel_material_ui.Page links its busy flag to Panel's server-wide state.busy, so a callback
+    # of any session re-sent every session's page; create_app cuts that link
+    from panel.io.state import state
+    from panel.util import edit_readonly
+
+    from app.shell import create_app
+
+    page = create_app(data_root=str(tmp_path), open_demo=False)
+    before = state.busy
+    try:
+        with edit_readonly(state):
+            state.busy = True
+        assert page.busy is False
+    finally:
+        with edit_readonly(state):
+            state.busy = before
