@@ -149,7 +149,12 @@ def create_app(path: str | Path | None = None, *, field: Field | None = None,
     # Page.busy follows Panel's server-wide ``state.busy``: every callback of any session would
     # then re-send every session's page model (measured: 60 % of the event loop during another
     # session's fit). The run controls show this session's own progress instead.
+    # Setting a value drops the link but not param's watcher on the global ``state``, which would
+    # keep every closed session's page (and its field and fit) alive: remove it too.
     with edit_readonly(page):
         page.busy = False
+    for _, watcher in page._param__private.ref_watchers:
+        watcher.inst.param.unwatch(watcher)
+    page._param__private.ref_watchers = []
     page.jointcal_app = app  # for tests and scripts: the app behind the page
     return page

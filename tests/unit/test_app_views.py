@@ -197,3 +197,25 @@ def test_served_page_does_not_follow_the_server_wide_busy_flag(tmp_path):
     finally:
         with edit_readonly(state):
             state.busy = before
+
+
+def test_a_dropped_page_frees_its_session(tmp_path):
+    # nothing global (here: param's watcher on Panel's ``state`` that Page.busy's link leaves
+    # behind) may keep a closed session's page, field and fit alive
+    import gc
+    import weakref
+
+    from panel.io.state import state
+
+    from app.shell import create_app
+
+    def busy_watchers():
+        return len(state._param__private.watchers.get("busy", {}).get("value", []))
+
+    n_before = busy_watchers()
+    page = create_app(data_root=str(tmp_path), open_demo=False)
+    assert busy_watchers() == n_before
+    session = weakref.ref(page.jointcal_app.session)
+    del page
+    gc.collect()
+    assert session() is None
