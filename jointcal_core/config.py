@@ -63,7 +63,7 @@ class JointcalConfig(param.Parameterized):
     fitProperMotion = param.Boolean(False, doc="(added) Fit every star's proper motion (reference motions as "
                                     "priors). Off by default: tiny fields over short baselines cannot constrain it.")
     fitParallax = param.Boolean(False, doc="(added) Fit every star's parallax too (needs fitProperMotion).")
-    maxAstrometrySteps = param.Integer(20, bounds=(1, None), doc="Maximum Gauss-Newton steps per astrometry stage.")
+    maxAstrometrySteps = param.Integer(20, bounds=(1, None), doc="Maximum Gauss-Newton steps of the final astrometry stage between outlier passes (each preliminary stage takes one step, as in jointcal).")
 
     # --- photometry ----------------------------------------------------------------------------
     photometryModel = param.Selector(default="constrainedMagnitude",
@@ -81,7 +81,7 @@ class JointcalConfig(param.Parameterized):
                                 "colour c = m_b1 - m_b2 used by the colour term.")
     colorTermCoefficients = param.List(default=[], item_type=float, doc="(added) Polynomial in colour added to the "
                                        "reference magnitude: m = m_ref + c0 + c1 c + c2 c^2 ...")
-    maxPhotometrySteps = param.Integer(20, bounds=(1, None), doc="Maximum Gauss-Newton steps per photometry stage.")
+    maxPhotometrySteps = param.Integer(20, bounds=(1, None), doc="Maximum Gauss-Newton steps of the final photometry stage between outlier passes (each preliminary stage takes one step, as in jointcal).")
 
     # --- outliers and solver -------------------------------------------------------------------
     outlierRejectSigma = param.Number(5.0, bounds=(0, None), doc="n-sigma cut for outlier rejection (0: none).")

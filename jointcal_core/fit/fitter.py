@@ -1,13 +1,22 @@
 """The stepwise Fitter: a state machine the CLI, the Python API and the app drive alike.
 
 ``step()`` does one thing - one Gauss-Newton iteration of the current stage, or one
-outlier-rejection pass once the last stage has converged - and returns a frozen
-:class:`FitStep`. ``run()`` steps until converged; ``reset()`` returns to the initial model.
+outlier-rejection pass in the last stage - and returns a frozen :class:`FitStep`. ``run()``
+steps until converged; ``reset()`` returns to the initial model.
 
 Stages follow jointcal (e.g. astrometry ``DistortionsVisit -> Distortions -> Positions ->
-Distortions Positions``). Each stage iterates until the relative chi2 change drops below the
-tolerance; after the last stage, outlier passes alternate with iterations until a pass finds
-no new outlier and chi2 has settled.
+Distortions Positions``). As in jointcal, every stage before the last takes one Gauss-Newton
+step (it only brings the parameters near the solution for the last stage). The last stage
+alternates Gauss-Newton steps and outlier passes: after each step comes a pass; a pass that
+finds nothing either ends the fit (when chi2 has settled) or is skipped for another step.
+
+Settled chi2: after a step, chi2 has settled when the step lowered it by less than
+``tolerance`` (relative) or when its decrease matched the decrease the linearised problem
+predicted to within ``tolerance`` (the problem is then locally quadratic and the step landed on
+the minimum: a confirmation step would not move chi2). After a pass at a settled state, a new
+step is skipped when the pass moved chi2 by less than ``tolerance`` (relative), both by the
+rejected terms' own chi2 and by what re-fitting their stars without them would bring; the next
+pass follows directly.
 
 Outliers: a term is an outlier when its chi2 exceeds ``outlierRejectSigma^2`` times the
 current chi2/ndof (when above 1). Per pass, at most one term per fitted star is rejected
@@ -17,10 +26,14 @@ jointcal, any number of ccdImages may lose a measurement in the same pass.
 Rollback: a step that raises chi2 is undone (the best state is kept); with line search on,
 the step is halved first. A step raising chi2 by more than ``chi2IncreaseLimit`` times stops
 with :class:`~jointcal_core.exceptions.DivergenceError` after the rollback.
+
+The linearisation (residuals and derivatives) made after a step serves both the chi2 check of
+that step and the next step; the solver caches what depends only on which terms are active.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import time
@@ -31,7 +44,7 @@ from threadpoolctl import threadpool_limits
 
 from ..exceptions import DivergenceError, NonFiniteError
 from .problem import FitGroup, FitProblem, Linearization, Stage
-from .solver import solve_step
+from .solver import forget_rows, removed_rows, resolve_gain, solve_step
 
 __all__ = ["Fitter", "FitStep", "FitStatus"]
 
@@ -42,7 +55,7 @@ class FitStatus(enum.Enum):
     """What a step did."""
 
     STEPPED = "stepped"                    # a Gauss-Newton iteration lowered chi2
-    STAGE_CONVERGED = "stage converged"    # chi2 settled; the next step starts the next stage
+    STAGE_CONVERGED = "stage converged"    # a preliminary stage's step, or chi2 settled in the last stage
     OUTLIERS_REJECTED = "outliers rejected"
     CHI2_INCREASED = "chi2 increased"      # the step was rolled back
     MAX_STEPS = "max steps"                # the stage hit its step limit
@@ -102,9 +115,10 @@ class Fitter:
     outlier_sigma : float
         n-sigma cut (0 disables rejection).
     tolerance : float
-        Relative chi2 change below which a stage has converged.
+        Relative chi2 change below which the last stage has settled (module docstring).
     max_steps : int
-        Gauss-Newton steps allowed per stage.
+        Gauss-Newton steps allowed in the last stage between outlier passes (the preliminary
+        stages take one step each).
     chi2_increase_limit : float
         Factor of chi2 increase that stops the fit with an error.
     line_search : bool
@@ -192,11 +206,18 @@ class Fitter:
         self._stage_index = 0
         self._stage_steps = 0
         self._rejecting = False
+        self._settled = False
         self._done = False
         self._n_outliers_total = 0
         self._history: list[FitStep] = []
+        self._solver_cache: dict = {}
         self._lin = self._evaluate(jacobian=False)
+        self._has_jacobian = False
         self._final_groups = self._stages[-1].groups
+
+    @property
+    def _in_final_stage(self) -> bool:
+        return self._stage_index == len(self._stages) - 1
 
     def _evaluate(self, jacobian: bool) -> Linearization:
         lin = self.problem.linearize(jacobian=jacobian)
@@ -208,6 +229,21 @@ class Fitter:
                                  + (f", first at {where[0]}" if where else "")
                                  + "; check that input errors are positive and finite")
         return lin
+
+    def _set_lin(self, lin: Linearization, jacobian: bool) -> None:
+        self._lin, self._has_jacobian = lin, jacobian
+
+    def _drop_jacobian(self) -> None:
+        """Keep the residuals of the current linearisation, free its model derivatives."""
+        if self._has_jacobian:
+            self._lin = dataclasses.replace(self._lin, model_cols=None, model_vals=None, slot_block=None)
+            self._has_jacobian = False
+
+    def _finish(self) -> None:
+        """Done: keep the residuals, drop the derivatives and the solver cache (memory)."""
+        self._done = True
+        self._drop_jacobian()
+        self._solver_cache.clear()
 
     def _ndof(self, lin: Linearization) -> int:
         groups = self._final_groups
@@ -228,19 +264,22 @@ class Fitter:
         return step
 
     def _advance_stage(self) -> None:
+        """Next stage after a preliminary stage; in the last stage, on to the outlier passes."""
         self._stage_steps = 0
-        if self._stage_index < len(self._stages) - 1:
+        if not self._in_final_stage:
             self._stage_index += 1
         elif self.outlier_sigma > 0:
             self._rejecting = True
         else:
-            self._done = True
+            self._finish()
 
     def _gauss_newton(self, t0: float) -> FitStep:
         problem = self.problem
         groups = self.stage.groups
         name = self.stage.name
-        lin = self._evaluate(jacobian=True)
+        if not self._has_jacobian:
+            self._set_lin(self._evaluate(jacobian=True), True)
+        lin = self._lin
         chi2_before = lin.chi2
         best = problem.get_state()
         # one BLAS thread: the solve is many small products plus one modest Cholesky, and a
@@ -248,10 +287,14 @@ class Fitter:
         with threadpool_limits(limits=1, user_api="blas"):
             sol = solve_step(lin, problem.n_model_params, problem.n_stars, problem.star_dim,
                              problem.model_param_mask(groups), problem.star_param_mask(groups),
-                             describe=problem.describe_model_param)
+                             describe=problem.describe_model_param, cache=self._solver_cache)
+        del lin
+        self._drop_jacobian()       # the derivatives at the old point are not needed any more (memory)
         fraction = 1.0
         problem.offset(sol.delta_model, sol.delta_stars)
-        new = self._evaluate(jacobian=False)
+        # the derivatives at the new point serve the next step, unless the step is rolled back
+        new = self._evaluate(jacobian=not self.line_search)
+        new_has_jacobian = not self.line_search
         halvings = 5 if self.line_search else 0
         while new.chi2 > chi2_before and halvings > 0:
             fraction *= 0.5
@@ -263,29 +306,41 @@ class Fitter:
         step_norm = float(np.linalg.norm(fraction * sol.delta_model))
         if new.chi2 > chi2_before * (1 + 1e-12):
             problem.set_state(best)
-            self._lin = self._evaluate(jacobian=False)
+            self._set_lin(self._evaluate(jacobian=False), False)
             if new.chi2 > self.chi2_increase_limit * chi2_before:
                 raise DivergenceError(
                     f"{problem.kind} stage {self.stage.name}: chi2 jumped from {chi2_before:.6g} to "
                     f"{new.chi2:.6g}; rolled back to the best state. {self._worst_contributors(new)}",
                     chi2_before=chi2_before, chi2_after=new.chi2)
+            self._settled = True        # no step from here lowers chi2
             self._advance_stage()
             return self._record(FitStatus.CHI2_INCREASED, 0, 0.0, time.perf_counter() - t0,
                                 f"step raised chi2 to {new.chi2:.6g}; rolled back", stage=name)
-        self._lin = new
-        relative = (chi2_before - new.chi2) / max(new.chi2, 1e-300)
-        if relative < self.tolerance:
+        self._set_lin(new, new_has_jacobian)
+        decrease = chi2_before - new.chi2
+        predicted = fraction * (2 - fraction) * sol.predicted_decrease
+        limit = self.tolerance * max(new.chi2, 1e-300)
+        settled = decrease < limit or abs(decrease - predicted) < limit
+        detail = f"chi2 decrease {decrease:.6g} (linear prediction {predicted:.6g})"
+        if not self._in_final_stage:
+            # jointcal: one Gauss-Newton step per preliminary stage
             self._advance_stage()
-            return self._record(FitStatus.STAGE_CONVERGED, 0, step_norm, time.perf_counter() - t0, stage=name)
-        if self._stage_steps >= self.max_steps:
+            return self._record(FitStatus.STAGE_CONVERGED, 0, step_norm, time.perf_counter() - t0,
+                                f"preliminary stage: one step; {detail}", stage=name)
+        self._settled = settled
+        if settled or self._stage_steps >= self.max_steps:
+            status = FitStatus.STAGE_CONVERGED if settled else FitStatus.MAX_STEPS
+            message = detail if settled else f"stage {name} reached {self.max_steps} steps; {detail}"
+            self._settled = True
             self._advance_stage()
-            return self._record(FitStatus.MAX_STEPS, 0, step_norm, time.perf_counter() - t0,
-                                f"stage {name} reached {self.max_steps} steps", stage=name)
-        return self._record(FitStatus.STEPPED, 0, step_norm, time.perf_counter() - t0)
+            return self._record(status, 0, step_norm, time.perf_counter() - t0, message, stage=name)
+        if self.outlier_sigma > 0:
+            self._rejecting = True      # reject outliers after every step of the last stage
+        return self._record(FitStatus.STEPPED, 0, step_norm, time.perf_counter() - t0, detail)
 
-    def _outlier_pass(self, t0: float) -> FitStep:
+    def _find_outliers(self, lin: Linearization):
+        """Measurements and reference terms (by star) to reject, and the chi2 cut."""
         problem = self.problem
-        lin = self._lin
         ndof = self._ndof(lin)
         reduced = lin.chi2 / ndof if ndof > 0 else 1.0
         cut = self.outlier_sigma ** 2 * max(reduced, 1.0)
@@ -304,20 +359,45 @@ class Fitter:
         keys = np.where(stars[order] >= 0, stars[order], -1 - np.arange(order.size))
         _, first = np.unique(keys, return_index=True)
         chosen = order[first]
-        reject_meas = index[chosen][~is_ref[chosen]]
-        reject_ref = index[chosen][is_ref[chosen]]
+        return index[chosen][~is_ref[chosen]], index[chosen][is_ref[chosen]], cut
+
+    def _outlier_pass(self, t0: float) -> FitStep:
+        problem = self.problem
+        lin = self._lin
+        reject_meas, reject_ref, cut = self._find_outliers(lin)
         n = reject_meas.size + reject_ref.size
         if n == 0:
-            self._done = True
-            return self._record(FitStatus.CONVERGED, 0, 0.0, time.perf_counter() - t0,
-                                f"no outliers above {self.outlier_sigma:g} sigma")
+            if self._settled:
+                self._finish()
+                return self._record(FitStatus.CONVERGED, 0, 0.0, time.perf_counter() - t0,
+                                    f"no outliers above {self.outlier_sigma:g} sigma")
+            # nothing to reject but chi2 still moving: this step is a Gauss-Newton step instead
+            self._rejecting = False
+            return self._gauss_newton(t0)
+        # what a new solve would gain (valid when the fit had settled before the pass): at least
+        # what re-fitting the stars that lost a term brings; a term's chi2 bounds what removing
+        # it can move (unless its leverage is above 1/2), so the pass's own chi2 drop counts too
+        removed = removed_rows(lin, reject_meas, reject_ref)
+        gain = (resolve_gain(lin, removed, problem.star_param_mask(self._final_groups))
+                if self._settled and self._has_jacobian else np.inf)
+        chi2_after = lin.chi2 - float(np.dot(lin.residual[removed], lin.residual[removed]))
+        gain = max(gain, lin.chi2 - chi2_after)
+        self._settled = gain < self.tolerance * max(chi2_after, 1e-300)
+        forget_rows(self._solver_cache, removed)
+        self._drop_jacobian()
+        del lin
         problem.deactivate(reject_meas, reject_ref)
         self._n_outliers_total += n
-        self._lin = self._evaluate(jacobian=False)
-        self._rejecting = False   # iterate the final stage again
+        # derivatives only when a step follows
+        self._set_lin(self._evaluate(jacobian=not self._settled), not self._settled)
+        self._stage_steps = 0
+        # a pass that moves the solution calls for a new step; otherwise the next pass follows
+        self._rejecting = self._settled
+        note = (f"; chi2 moved by {gain:.3g} only (below the tolerance): no new step needed" if self._settled
+                else "")
         return self._record(FitStatus.OUTLIERS_REJECTED, n, 0.0, time.perf_counter() - t0,
                             f"rejected {reject_meas.size} measurement(s) and {reject_ref.size} reference term(s) "
-                            f"above chi2 {cut:.3g}")
+                            f"above chi2 {cut:.3g}{note}")
 
     def _worst_contributors(self, lin: Linearization) -> str:
         """Which groups (visit/CCD) carry most of the chi2 of a rejected step."""

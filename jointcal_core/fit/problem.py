@@ -54,7 +54,7 @@ class Linearization:
     ----------
     residual : ndarray, shape (n_rows,)
         Residual divided by its error (whitened).
-    model_cols : ndarray of int64, shape (n_rows, k)
+    model_cols : ndarray of int (int32 or int64), shape (n_rows, k)
         Columns (model parameter indices) each row depends on; unused slots have value 0.
     model_vals : ndarray, shape (n_rows, k)
         d residual / d model parameter, whitened.

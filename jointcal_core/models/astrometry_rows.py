@@ -112,7 +112,8 @@ def measurement_rows(problem, idx: np.ndarray, jacobian: bool, n_extra: int = 0)
         out["star_vals"] = sv.reshape(2 * n, sd)
         vals = np.zeros((2 * n + n_extra, k))
         expand_pieces(pieces, n, k, w, out=vals[:2 * n].reshape(n, 2, k))
-        all_cols = np.zeros((2 * n + n_extra, k), np.int64)
+        # int32 columns: half the memory of the largest array after the derivatives themselves
+        all_cols = np.zeros((2 * n + n_extra, k), np.int32 if problem.n_model_params < 2 ** 31 else np.int64)
         all_cols[:2 * n].reshape(n, 2, k)[:] = cols[:, None, :]
         out["vals"], out["cols"] = vals, all_cols
     return out

@@ -1,9 +1,12 @@
-"""fit/normal.py: the block assembly of the reduced normal equations (threads, np.add.at stand-in)."""
+"""fit/normal.py, fit/schur.py: the block assembly of the reduced normal equations (threads, star
+chunks, the plan cached between steps, np.add.at stand-in)."""
 
 import numpy as np
+import pytest
 
 from jointcal_core.fit import Linearization, solve_step
 from jointcal_core.fit.normal import sum_by_index
+from jointcal_core.fit.solver import forget_rows
 
 
 def test_sum_by_index_equals_add_at():
@@ -44,3 +47,69 @@ def test_threaded_schur_assembly_equals_sparse_reference(monkeypatch):
         fast = solve_step(lin, n_model, n_star, 2, free, star_free, method="blocks")
         np.testing.assert_allclose(fast.delta_model, ref.delta_model, rtol=1e-8, atol=1e-10)
         np.testing.assert_allclose(fast.delta_stars, ref.delta_stars, rtol=1e-8, atol=1e-10)
+
+
+def test_schur_assembly_in_star_chunks_equals_sparse_reference(monkeypatch):
+    """Stars split into chunks of a few hundred entry pairs: the same step as the sparse reference."""
+    from jointcal_core.fit import schur
+    lin, n_model, n_star, free = _two_slot_problem(seed=12)
+    star_free = np.array([True, True])
+    ref = solve_step(lin, n_model, n_star, 2, free, star_free, method="sparse")
+    monkeypatch.setattr(schur, "_PAIR_CHUNK", 500)
+    monkeypatch.setattr(schur, "_CHUNK_ROWS", 101)      # row chunks cutting through entries too
+    fast = solve_step(lin, n_model, n_star, 2, free, star_free, method="blocks")
+    np.testing.assert_allclose(fast.delta_model, ref.delta_model, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(fast.delta_stars, ref.delta_stars, rtol=1e-8, atol=1e-10)
+    assert fast.predicted_decrease == pytest.approx(ref.predicted_decrease, rel=1e-9)
+
+
+def _without_rows(lin: Linearization, removed: np.ndarray) -> Linearization:
+    keep = ~removed
+    return Linearization(residual=lin.residual[keep], model_cols=lin.model_cols[keep],
+                         model_vals=lin.model_vals[keep], star=lin.star[keep], star_vals=lin.star_vals[keep],
+                         meas=lin.meas[keep], ref_star=lin.ref_star[keep], slot_ranges=lin.slot_ranges,
+                         slot_block=lin.slot_block[keep])
+
+
+def test_cached_plan_is_reused_after_rows_are_removed():
+    """The solver cache keeps the row structure across steps and outlier removals, same results."""
+    lin, n_model, n_star, free = _two_slot_problem(seed=13)
+    star_free = np.array([True, True])
+    cache = {}
+    first = solve_step(lin, n_model, n_star, 2, free, star_free, cache=cache)
+    plan = cache["plan"]
+    again = solve_step(lin, n_model, n_star, 2, free, star_free, cache=cache)
+    assert cache["plan"] is plan
+    np.testing.assert_array_equal(again.delta_model, first.delta_model)
+    # remove both rows of 15 measurements (an outlier pass), twice
+    rng = np.random.default_rng(5)
+    current = lin
+    for _ in range(2):
+        gone = rng.choice(np.unique(current.meas), 15, replace=False)
+        removed = np.isin(current.meas, gone)
+        forget_rows(cache, removed)
+        current = _without_rows(current, removed)
+        cached = solve_step(current, n_model, n_star, 2, free, star_free, cache=cache)
+        assert cache["plan"] is plan
+        fresh = solve_step(current, n_model, n_star, 2, free, star_free)
+        np.testing.assert_allclose(cached.delta_model, fresh.delta_model, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(cached.delta_stars, fresh.delta_stars, rtol=1e-10, atol=1e-12)
+    # rows that do not match the cached layout: the plan is rebuilt, not misused
+    other, *_ = _two_slot_problem(seed=14)
+    solve_step(other, n_model, n_star, 2, free, star_free, cache=cache)
+    assert cache["plan"] is not plan
+
+
+def test_predicted_decrease_is_the_linear_chi2_decrease():
+    """-g.delta equals |r|^2 - |r + J delta|^2 for the Gauss-Newton step (dense check)."""
+    lin, n_model, n_star, free = _two_slot_problem(seed=15, n_star=80, n_vis=8, n_chip=4)
+    sol = solve_step(lin, n_model, n_star, 2, free, np.array([True, True]))
+    n_rows = lin.residual.size
+    jac = np.zeros((n_rows, n_model + 2 * n_star))
+    rows = np.repeat(np.arange(n_rows), lin.model_cols.shape[1])
+    np.add.at(jac, (rows, lin.model_cols.ravel()), lin.model_vals.ravel())
+    for a in range(2):
+        jac[np.arange(n_rows), n_model + 2 * lin.star + a] += lin.star_vals[:, a]
+    delta = np.concatenate([sol.delta_model, sol.delta_stars.ravel()])
+    after = lin.residual + jac @ delta
+    assert sol.predicted_decrease == pytest.approx(lin.chi2 - after @ after, rel=1e-9)
