@@ -9,7 +9,12 @@ repeatability of bright stars in mmag, each for the fitted and for the reserved 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from .io.outputs import ExportInputs
 
 __all__ = ["compute_metrics", "rms"]
 
@@ -30,11 +35,10 @@ def _grouped_rms(keys: list[str], values_sq: np.ndarray, n_axes: int) -> dict[st
     return {str(k): float(np.sqrt(t / c / n_axes)) for k, t, c in zip(uniq, total, count)}
 
 
-def _common_counts(prefix: str, fitter, problem, association, field) -> dict:
+def _common_counts(prefix: str, fitter, res: dict, problem, association, field) -> dict:
     from .association import count_collected_reference
 
     lin = fitter.linearization()
-    res = problem.residuals()
     used = np.asarray(res["used"], bool)
     if prefix == "photometry":
         ref = field.photometry_reference or field.reference
@@ -53,19 +57,29 @@ def _common_counts(prefix: str, fitter, problem, association, field) -> dict:
     }
 
 
-def compute_metrics(joint) -> dict:
-    """All metrics of a :class:`~jointcal_core.pipeline.JointFit`, as a JSON-ready dict."""
+def _repeatability(kind: str, problem, inputs: "ExportInputs | None"):
+    if inputs is None or kind not in inputs.residuals or kind not in inputs.star_mags:
+        return problem.repeatability_mmag()
+    return problem.repeatability_mmag(residuals=inputs.residuals[kind], star_mags=inputs.star_mags[kind])
+
+
+def compute_metrics(joint, *, inputs: "ExportInputs | None" = None) -> dict:
+    """All metrics of a :class:`~jointcal_core.pipeline.JointFit`, as a JSON-ready dict.
+
+    ``inputs`` (:class:`~jointcal_core.io.outputs.ExportInputs`) gives the problems' residuals and
+    star magnitudes when they were computed already; without it they are computed here.
+    """
     field = joint.prepared.field
     association = joint.prepared.association
     labels = np.array([f"{v}-{d}" for v, d in zip(field.ccd_images.visit, field.ccd_images.detector)])
     metrics: dict = {}
     for kind, fitter in joint.fitters.items():
         problem = joint.problems[kind]
-        metrics.update(_common_counts(kind, fitter, problem, joint.associations.get(kind, association), field))
+        res = problem.residuals() if inputs is None else inputs.residuals_of(kind, problem)
+        metrics.update(_common_counts(kind, fitter, res, problem, joint.associations.get(kind, association), field))
         chi2_0, ndof_0 = joint.initial_chi2[kind]
         metrics[f"{kind}_initial_chi2"] = float(chi2_0)
         metrics[f"{kind}_initial_ndof"] = int(ndof_0)
-        res = problem.residuals()
         used = np.asarray(res["used"], bool)
         reserved = np.asarray(res["reserved"], bool)
         ccd = np.asarray(res["ccd"])
@@ -89,7 +103,7 @@ def compute_metrics(joint) -> dict:
             metrics["photometry_reserved_rms_mmag"] = rms(r[ok]) if ok.any() else None
             metrics["photometry_reserved_n"] = int(ok.sum())
             if hasattr(problem, "repeatability_mmag"):
-                rep = problem.repeatability_mmag()
+                rep = _repeatability(kind, problem, inputs)
                 if isinstance(rep, dict):
                     metrics.update({f"photometry_repeatability_{k}": v for k, v in rep.items()})
                 else:

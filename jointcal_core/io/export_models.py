@@ -27,19 +27,21 @@ from threadpoolctl import threadpool_limits
 
 from ..calibration import Calibration
 from ..exceptions import InputError, JointcalWarning, OutputError
-from ..projection import tangent_to_sky
+from .outputs import ExportInputs, residuals_of
 from .scamp_head import scamp_photometry, write_scamp_head_text
-from .wcs_cards import CcdSamples, card, header_only_fits_bytes, start_orders, tan_sip_export, tpv_export
+from .wcs_batch import SampleBatch, batch_start_orders, tan_sip_batch, tpv_batch
+from .wcs_cards import CcdSamples, card, header_only_fits_bytes
 from .wcs_fits import _check_bbox, measure_fidelity, pixel_grid
 
-__all__ = ["write_model_files", "fitted_ccds", "build_calibration", "photometry_table", "verification_sample"]
+__all__ = ["write_model_files", "fitted_ccds", "build_calibration", "photometry_table", "verification_sample",
+           "all_samples", "sample_batches"]
 
 
-def fitted_ccds(joint) -> np.ndarray:
+def fitted_ccds(joint, *, inputs: ExportInputs | None = None) -> np.ndarray:
     """Rows of the field's ccdImages that take part in at least one fit."""
     used = np.zeros(len(joint.prepared.field.ccd_images), bool)
-    for problem in joint.problems.values():
-        res = problem.residuals()
+    for kind in joint.problems:
+        res = residuals_of(joint, kind, inputs)
         ccd = np.asarray(res["ccd"])[np.asarray(res["used"], bool)]
         used[np.unique(ccd)] = True
     return np.flatnonzero(used)
@@ -49,14 +51,14 @@ def _sky_callable(problem, ccd):
     return lambda x, y: problem.pixel_to_sky(ccd, x, y)
 
 
-def build_calibration(joint, rows: np.ndarray | None = None) -> Calibration:
+def build_calibration(joint, rows: np.ndarray | None = None, *, inputs: ExportInputs | None = None) -> Calibration:
     """The exact, model-agnostic calibration of the fitted ccdImages.
 
     The problems' ``pixel_to_tangent`` and ``zp_mag`` are evaluated for many CCDs per call
     (``ccd`` given per pixel), see :meth:`~jointcal_core.calibration.Calibration.from_batch`.
     """
     field = joint.prepared.field
-    rows = np.asarray(fitted_ccds(joint) if rows is None else rows, dtype=np.int64)
+    rows = np.asarray(fitted_ccds(joint, inputs=inputs) if rows is None else rows, dtype=np.int64)
     ccd = field.ccd_images
     table = (ccd.visit[rows], ccd.detector[rows], ccd.bbox[rows])
     astrometry = photometry = None
@@ -82,13 +84,13 @@ def _group_slices(key: np.ndarray):
     return order, {int(v): slice(int(a), int(b)) for v, a, b in zip(values, starts, ends)}
 
 
-def photometry_table(joint, rows: np.ndarray) -> Table:
+def photometry_table(joint, rows: np.ndarray, *, inputs: ExportInputs | None = None) -> Table:
     """Zero point at each CCD centre, its statistical error and the number of stars."""
     field = joint.prepared.field
     problem = joint.problems["photometry"]
     ccd = field.ccd_images
     rows = np.asarray(rows, dtype=np.int64)
-    res = problem.residuals()
+    res = residuals_of(joint, "photometry", inputs)
     used = np.asarray(res["used"], bool)
     r_ccd = np.asarray(res["ccd"])[used]
     order, groups = _group_slices(r_ccd)
@@ -115,41 +117,60 @@ def photometry_table(joint, rows: np.ndarray) -> Table:
     return table
 
 
-def write_model_files(tmp: Path, joint) -> None:
-    """Write everything the fitted models define into the (temporary) output folder."""
-    # thousands of small least-squares fits: one BLAS thread is much faster on a shared machine
+def write_model_files(tmp: Path, joint, *, inputs: ExportInputs | None = None) -> None:
+    """Write everything the fitted models define into the (temporary) output folder.
+
+    ``inputs``: the problems' residuals when already computed (:class:`ExportInputs`).
+    """
+    # many small array operations: one BLAS thread is faster on a shared machine
     with threadpool_limits(limits=1, user_api="blas"):
-        _write_model_files(tmp, joint)
+        _write_model_files(tmp, joint, inputs)
 
 
 def all_samples(calibration: Calibration) -> list[CcdSamples]:
     """:func:`~jointcal_core.io.wcs_cards.sample_ccd` of every CCD of ``calibration`` (same grids),
-    evaluated with the calibration's polynomials instead of the model's callables.
+    evaluated with the calibration's polynomials instead of the model's callables."""
+    out: list = [None] * len(calibration.ccds)
+    for index, batch in sample_batches(calibration):
+        for k, i in enumerate(index.tolist()):
+            out[i] = batch.ccd(k)
+    return out
+
+
+def sample_batches(calibration: Calibration) -> list[tuple[np.ndarray, SampleBatch]]:
+    """The CCDs of ``calibration`` sampled on the grids of ``sample_ccd``, one :class:`SampleBatch`
+    per (bbox, polynomial terms): ``(indices into calibration.ccds, batch)``.
 
     The calibration reproduces the model to 1e-6 mas (checked when it is built) and is cheap to
-    evaluate: CCDs of one bbox share the Chebyshev design matrix of the grid, so each CCD costs
-    one small matrix product; only the check grid is de-projected to the sky.
+    evaluate: the CCDs of one bbox share the Chebyshev design matrix of the grid, so a batch is
+    one matrix product (the check grid is de-projected to the sky only on demand).
     """
-    out, designs = [], {}
-    for c in calibration.ccds:
-        field = c.astrometry
+    groups: dict = {}
+    for i, c in enumerate(calibration.ccds):
         box = _check_bbox(c.bbox)
-        key = (tuple(box.tolist()), field.terms)
-        if key not in designs:     # grid arrays shared by the CCDs of one bbox (see wcs_cards._grid_key)
-            centre = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
-            x_fit, y_fit = pixel_grid(box, _SAMPLE_GRID)
-            x_chk, y_chk = pixel_grid(box, _SAMPLE_GRID + 1)
-            designs[key] = (centre, x_fit, y_fit, x_chk, y_chk, x_fit - centre[0], y_fit - centre[1],
-                            field.design(np.r_[x_fit, x_chk], np.r_[y_fit, y_chk]))
-        centre, x_fit, y_fit, x_chk, y_chk, u_fit, v_fit, design = designs[key]
-        xi, eta = (design @ field.coefficients).T
-        crval = tuple(float(t) for t in c.tangent_point_deg)
+        groups.setdefault((tuple(box.tolist()), c.astrometry.terms), []).append(i)
+    out = []
+    for (box, _), members in groups.items():
+        box = np.asarray(box)
+        field = calibration.ccds[members[0]].astrometry
+        centre = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
+        x_fit, y_fit = pixel_grid(box, _SAMPLE_GRID)
+        x_chk, y_chk = pixel_grid(box, _SAMPLE_GRID + 1)
+        design = field.design(np.r_[x_fit, x_chk], np.r_[y_fit, y_chk])
+        coef = np.stack([calibration.ccds[i].astrometry.coefficients for i in members])     # (K, terms, 2)
+        values = np.matmul(design, coef)                                                    # (K, points, 2)
+        xi, eta = values[..., 0], values[..., 1]
+        crval = np.array([[float(t) for t in calibration.ccds[i].tangent_point_deg] for i in members])
         n = x_fit.size
-        ra, dec = tangent_to_sky(xi[n:], eta[n:], *crval)
-        if not (np.all(np.isfinite(xi)) and np.all(np.isfinite(eta)) and np.all(np.isfinite(dec))):
+        bad = ~np.all(np.isfinite(values), axis=(1, 2))
+        if bad.any():
+            c = calibration.ccds[members[int(np.flatnonzero(bad)[0])]]
             raise InputError("the model gave non-finite tangent-plane positions on the CCD; check the fit",
                              visit=c.visit, detector=c.detector)
-        out.append(CcdSamples(centre, crval, u_fit, v_fit, xi[:n], eta[:n], x_chk, y_chk, ra, dec, xi[n:], eta[n:]))
+        batch = SampleBatch(centre, x_fit - centre[0], y_fit - centre[1], x_chk, y_chk, crval,
+                            np.ascontiguousarray(xi[:, :n]), np.ascontiguousarray(eta[:, :n]),
+                            np.ascontiguousarray(xi[:, n:]), np.ascontiguousarray(eta[:, n:]))
+        out.append((np.asarray(members), batch))
     return out
 
 
@@ -167,56 +188,62 @@ EXPORT_TARGET_RMS_MAS, EXPORT_TARGET_MAX_MAS = 0.1, 0.3
 _SAMPLE_GRID = 40
 
 
-def _write_model_files(tmp: Path, joint) -> None:
+def _write_model_files(tmp: Path, joint, inputs: ExportInputs | None) -> None:
     field = joint.prepared.field
     ccd = field.ccd_images
-    rows = fitted_ccds(joint)
+    rows = fitted_ccds(joint, inputs=inputs)
     calibration = build_calibration(joint, rows)
     calibration.to_json(tmp / "calibration.json")
     zp_centre = None
     if "photometry" in joint.problems:
-        table = photometry_table(joint, rows)
+        table = photometry_table(joint, rows, inputs=inputs)
         table.write(tmp / "photometry.ecsv", format="ascii.ecsv")
-        zp_centre = dict(zip(rows, np.asarray(table["zeropoint"])))
+        zp_centre = dict(zip(rows.tolist(), np.asarray(table["zeropoint"]).tolist()))
     if "astrometry" not in joint.problems:
         return
-    problem = joint.problems["astrometry"]
     (tmp / "wcs").mkdir()
     (tmp / "scamp").mkdir()
+    exported = _export_headers(calibration, rows)
     verify = set(verification_sample(rows).tolist())
-    samples = all_samples(calibration)
-    starts = start_orders(samples, rms_mas=EXPORT_TARGET_RMS_MAS, max_mas=EXPORT_TARGET_MAX_MAS)
-    samples_of = dict(zip(rows.tolist(), zip(samples, starts)))
     order, groups = _group_slices(ccd.visit[rows])
     for visit, sel in groups.items():
         visit_rows = [int(i) for i in rows[order[sel]]]
         blocks = []
         for i in visit_rows:
-            samples, start = samples_of[i]
-            sip_cards, report = tan_sip_export(samples, rms_mas=EXPORT_TARGET_RMS_MAS,
-                                               max_mas=EXPORT_TARGET_MAX_MAS, start=start)
-            tpv_cards, tpv_report = tpv_export(samples, rms_mas=EXPORT_TARGET_RMS_MAS,
-                                               max_mas=EXPORT_TARGET_MAX_MAS, start=start)
+            sip_text, report, tpv_text, tpv_report, samples = exported[i]
             if i in verify:
-                _verify_with_astropy(sip_cards, report, tpv_cards, tpv_report, _sky_callable(problem, i), samples,
-                                     visit, ccd.detector[i])
+                _verify_with_astropy(sip_text, report, tpv_text, tpv_report,
+                                     _sky_callable(joint.problems["astrometry"], i), samples(), visit, ccd.detector[i])
             if not (report.rms_mas <= EXPORT_LIMIT_RMS_MAS and report.max_mas <= EXPORT_LIMIT_MAX_MAS):
                 warnings.warn(f"visit {visit} detector {ccd.detector[i]}: the TAN-SIP export reproduces the "
                               f"model to {report.rms_mas:.2f} mas rms, {report.max_mas:.2f} mas max only",
                               JointcalWarning, stacklevel=2)
             x0, y0, x1, y1 = ccd.bbox[i]
-            size = [card("IMAGEW", int(round(x1 - x0)), "[pix] CCD width (NAXIS1 of the image)"),
-                    card("IMAGEH", int(round(y1 - y0)), "[pix] CCD height (NAXIS2 of the image)")]
+            size = card("IMAGEW", int(round(x1 - x0)), "[pix] CCD width (NAXIS1 of the image)") + \
+                card("IMAGEH", int(round(y1 - y0)), "[pix] CCD height (NAXIS2 of the image)")
             path = tmp / "wcs" / f"{visit}-{ccd.detector[i]}.fits"
             try:
-                path.write_bytes(header_only_fits_bytes(size + sip_cards))
+                path.write_bytes(header_only_fits_bytes(size + sip_text))
             except OSError as err:
                 raise OutputError(f"cannot write the WCS file: {err}", path=str(path)) from err
-            blocks.append(tpv_cards)
+            blocks.append([tpv_text[k:k + 80] for k in range(0, len(tpv_text), 80)])
         photometry = None
         if zp_centre is not None:
             photometry = scamp_photometry([zp_centre[i] for i in visit_rows])
         write_scamp_head_text(tmp / "scamp" / f"{visit}.head", blocks, photometry)
+
+
+def _export_headers(calibration: Calibration, rows: np.ndarray) -> dict:
+    """ccdImage row -> (TAN-SIP text, its report, TPV text, its report, samples getter), every CCD
+    fitted in batches of one sampling grid (:mod:`jointcal_core.io.wcs_batch`)."""
+    out = {}
+    for index, batch in sample_batches(calibration):
+        starts = batch_start_orders(batch, rms_mas=EXPORT_TARGET_RMS_MAS, max_mas=EXPORT_TARGET_MAX_MAS)
+        sip, sip_reports = tan_sip_batch(batch, starts, rms_mas=EXPORT_TARGET_RMS_MAS, max_mas=EXPORT_TARGET_MAX_MAS)
+        tpv, tpv_reports = tpv_batch(batch, starts, rms_mas=EXPORT_TARGET_RMS_MAS, max_mas=EXPORT_TARGET_MAX_MAS)
+        for k, i in enumerate(index.tolist()):
+            out[int(rows[i])] = (sip[k], sip_reports[k], tpv[k], tpv_reports[k], lambda k=k, b=batch: b.ccd(k))
+    return out
 
 
 #: every exported header is re-read through astropy.wcs when there are at most this many CCDs;

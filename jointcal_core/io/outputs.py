@@ -12,8 +12,11 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 from astropy.table import Table
@@ -21,7 +24,7 @@ from astropy.table import Table
 from ..calibration import json_default as _json_default
 from ..exceptions import OutputError
 
-__all__ = ["atomic_output_dir", "check_output_dir", "write_outputs", "OUTPUT_SCHEMAS"]
+__all__ = ["atomic_output_dir", "check_output_dir", "write_outputs", "ExportInputs", "OUTPUT_SCHEMAS"]
 
 #: column schema of every output table: name -> (unit, description)
 OUTPUT_SCHEMAS = {
@@ -85,20 +88,60 @@ def _json(path: Path, value) -> None:
     path.write_text(json.dumps(value, indent=2, sort_keys=True, default=_json_default) + "\n")
 
 
+@dataclass(frozen=True)
+class ExportInputs:
+    """Per-measurement results of a fitted :class:`~jointcal_core.pipeline.JointFit`, computed once
+    for all the writers of one export (the fitted state does not change while it is written).
+
+    Attributes
+    ----------
+    residuals : Mapping[str, dict]
+        ``problem.residuals()`` per fit kind (``"astrometry"``, ``"photometry"``).
+    star_mags : Mapping[str, ndarray]
+        ``problem.star_mags()`` (shape (n_stars,), AB mag) per kind whose problem has it.
+    """
+
+    residuals: Mapping[str, dict]
+    star_mags: Mapping[str, np.ndarray]
+
+    @classmethod
+    def of(cls, joint) -> "ExportInputs":
+        """Compute the results of every problem of ``joint``."""
+        residuals = {kind: problem.residuals() for kind, problem in joint.problems.items()}
+        mags = {kind: np.asarray(problem.star_mags(), dtype=float) for kind, problem in joint.problems.items()
+                if callable(getattr(problem, "star_mags", None))}
+        return cls(MappingProxyType(residuals), MappingProxyType(mags))
+
+    def residuals_of(self, kind: str, problem) -> dict:
+        """The residuals of ``kind`` (computed from ``problem`` if this export did not hold them)."""
+        return self.residuals[kind] if kind in self.residuals else problem.residuals()
+
+    def star_mags_of(self, kind: str, problem) -> np.ndarray:
+        return self.star_mags[kind] if kind in self.star_mags else np.asarray(problem.star_mags(), dtype=float)
+
+
+def residuals_of(joint, kind: str, inputs: ExportInputs | None = None) -> dict:
+    """``joint.problems[kind].residuals()``, taken from ``inputs`` when given."""
+    problem = joint.problems[kind]
+    return problem.residuals() if inputs is None else inputs.residuals_of(kind, problem)
+
+
 def write_outputs(out_dir: str | Path, joint, *, provenance: dict | None = None, clobber: bool = False,
                   extra_writers=()) -> Path:
     """Write the whole DESIGN section 4 layout for a fitted :class:`~jointcal_core.pipeline.JointFit`.
 
     ``extra_writers`` are callables ``writer(tmp_dir, joint)`` (e.g. the HTML report) run inside
-    the same atomic folder.
+    the same atomic folder. The problems' residuals and star magnitudes are computed once
+    (:class:`ExportInputs`) and passed to the model files, the tables and the metrics.
     """
     from ..metrics import compute_metrics
     from . import export_models
 
-    with atomic_output_dir(out_dir, clobber) as tmp, _results_computed_once(joint):
-        export_models.write_model_files(tmp, joint)
-        _write_tables(tmp, joint)
-        _json(tmp / "metrics.json", compute_metrics(joint))
+    with atomic_output_dir(out_dir, clobber) as tmp:
+        inputs = ExportInputs.of(joint)
+        export_models.write_model_files(tmp, joint, inputs=inputs)
+        _write_tables(tmp, joint, inputs)
+        _json(tmp / "metrics.json", compute_metrics(joint, inputs=inputs))
         joint.prepared.config.write(tmp / "config.yaml")
         _json(tmp / "provenance.json", provenance or {})
         for writer in extra_writers:
@@ -106,27 +149,7 @@ def write_outputs(out_dir: str | Path, joint, *, provenance: dict | None = None,
     return Path(out_dir)
 
 
-@contextmanager
-def _results_computed_once(joint):
-    """Within the block, each problem's ``residuals()`` and ``star_mags()`` (when it has them) are
-    computed once and then returned as is: the exporters, tables and metrics each ask for them,
-    and the fitted state does not change while the outputs are written."""
-    patched = []
-    for problem in joint.problems.values():
-        for name in ("residuals", "star_mags"):
-            method = getattr(type(problem), name, None)
-            if callable(method) and name not in vars(problem):
-                value = method(problem)
-                setattr(problem, name, lambda value=value: value)
-                patched.append((problem, name))
-    try:
-        yield
-    finally:
-        for problem, name in patched:
-            delattr(problem, name)
-
-
-def _write_tables(tmp: Path, joint) -> None:
+def _write_tables(tmp: Path, joint, inputs: ExportInputs | None = None) -> None:
     field = joint.prepared.field
     assoc = joint.prepared.association
     meas = field.measurements
@@ -140,8 +163,8 @@ def _write_tables(tmp: Path, joint) -> None:
                "mag_residual_mmag": np.nan, "photometry_chi2": np.nan, "photometry_outlier": False}
     for name, fill in columns.items():
         table[name] = np.full(n, fill)
-    for kind, problem in joint.problems.items():
-        res = problem.residuals()
+    for kind in joint.problems:
+        res = residuals_of(joint, kind, inputs)
         index = np.asarray(res["meas"]) if "meas" in res else np.arange(n)
         if kind == "astrometry":
             table["dx_mas"][index] = res["dx_mas"]
@@ -164,7 +187,8 @@ def _write_tables(tmp: Path, joint) -> None:
     stars["ra"], stars["dec"] = ra, dec
     mag = np.full(assoc.n_stars, np.nan)
     if "photometry" in joint.problems:
-        mag = np.asarray(joint.problems["photometry"].star_mags(), float)
+        problem = joint.problems["photometry"]
+        mag = np.asarray(problem.star_mags(), float) if inputs is None else inputs.star_mags_of("photometry", problem)
     stars["mag"] = mag
     stars["n_measurements"] = assoc.star_n_measurements
     stars["ref_index"] = assoc.star_ref

@@ -99,12 +99,15 @@ def header_text(cards: list[tuple]) -> list[str]:
     return [card(*item) for item in cards]
 
 
-def header_only_fits_bytes(images: list[str]) -> bytes:
-    """A data-less primary HDU (``NAXIS = 0``): ``images`` (without SIMPLE/BITPIX/NAXIS) then END,
-    padded to 2880-byte blocks, byte for byte what ``fits.PrimaryHDU(header).writeto`` writes."""
-    head = [card("SIMPLE", True, "conforms to FITS standard"), card("BITPIX", 8, "array data type"),
-            card("NAXIS", 0, "number of array dimensions")]
-    text = "".join(head + images) + "END".ljust(80)
+_PRIMARY = (card("SIMPLE", True, "conforms to FITS standard") + card("BITPIX", 8, "array data type")
+            + card("NAXIS", 0, "number of array dimensions"))
+
+
+def header_only_fits_bytes(images: list[str] | str) -> bytes:
+    """A data-less primary HDU (``NAXIS = 0``): ``images`` (without SIMPLE/BITPIX/NAXIS; a list of
+    card images or their concatenation) then END, padded to 2880-byte blocks, byte for byte what
+    ``fits.PrimaryHDU(header).writeto`` writes."""
+    text = _PRIMARY + (images if isinstance(images, str) else "".join(images)) + "END".ljust(80)
     text += " " * (-len(text) % _BLOCK)
     return text.encode("ascii")
 

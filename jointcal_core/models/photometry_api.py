@@ -118,11 +118,14 @@ class PhotometryOutputs:
                 "residual_mmag": 1000.0 * (mag - star_mag), "chi2": chi2, "used": active,
                 "outlier": is_fit & ~active, "reserved": ~is_fit}
 
-    def repeatability_mmag(self, mag_max: float = np.inf) -> dict:
+    def repeatability_mmag(self, mag_max: float = np.inf, *, residuals: dict | None = None,
+                           star_mags: np.ndarray | None = None) -> dict:
         """Scatter (mmag) of the calibrated magnitudes of a star about their weighted mean.
 
         Over stars brighter than ``mag_max`` with two or more measurements (outliers excluded):
         ``sqrt(sum dev^2 / sum (n - 1))``, separately for the fitted and the reserved stars.
+        ``residuals`` and ``star_mags`` (from :meth:`residuals` and :meth:`star_mags` of the
+        current state) are computed here unless given: the exporters compute them once.
 
         Returns
         -------
@@ -130,8 +133,8 @@ class PhotometryOutputs:
             ``fitted``, ``reserved`` (mmag, NaN when no star qualifies), ``n_fitted``, ``n_reserved``
             (stars used).
         """
-        res = self.residuals()
-        bright = self.star_mags() < mag_max
+        res = self.residuals() if residuals is None else residuals
+        bright = (self.star_mags() if star_mags is None else star_mags) < mag_max
         out = {}
         for key, sel in (("fitted", res["used"]), ("reserved", res["reserved"])):
             star, mag, w = res["star"][sel], res["mag"][sel], 1.0 / res["mag_err"][sel] ** 2

@@ -93,3 +93,64 @@ def test_fast_wcs_declines_what_it_does_not_handle():
     h = base.copy()
     h["CD2_2"] = 0.0
     assert fast_celestial_wcs(h) is None
+
+
+def _batch_of(samples):
+    from jointcal_core.io.wcs_batch import SampleBatch
+
+    s0 = samples[0]
+    return SampleBatch(s0.centre, s0.u, s0.v, s0.x_chk, s0.y_chk, np.array([s.crval for s in samples]),
+                       np.stack([s.xi for s in samples]), np.stack([s.eta for s in samples]),
+                       np.stack([s.xi_chk for s in samples]), np.stack([s.eta_chk for s in samples]))
+
+
+def test_batched_export_equals_the_per_ccd_export():
+    from jointcal_core.io.wcs_batch import batch_start_orders, tan_sip_batch, tpv_batch
+    from jointcal_core.io.wcs_cards import start_order
+
+    def shifted(dx, scale):
+        return lambda x, y: mapping(x + dx, y * scale)
+
+    maps = [mapping, shifted(300.0, 1.0), shifted(-500.0, 1.01), lambda x, y: tangent_to_sky(
+        (x - 1000) * 5e-5 + 2e-12 * (x - 1000) ** 3, (y - 2000) * 5e-5 + 0.02, 150.0, 2.0)]
+    samples = [sample_ccd(m, BBOX, (150.0, 2.0)) for m in maps]
+    batch = _batch_of(samples)
+    for rms, worst in ((1.0, 3.0), (0.01, 0.03)):
+        starts = batch_start_orders(batch, rms_mas=rms, max_mas=worst)
+        assert starts.tolist() == [start_order(s, rms_mas=rms, max_mas=worst) for s in samples]
+        sip, sip_reports = tan_sip_batch(batch, starts, rms_mas=rms, max_mas=worst)
+        tpv, tpv_reports = tpv_batch(batch, starts, rms_mas=rms, max_mas=worst)
+        for k, s in enumerate(samples):
+            for (text, report), (cards, mine) in (((sip[k], sip_reports[k]), tan_sip_export(s, rms_mas=rms, max_mas=worst)),
+                                                  ((tpv[k], tpv_reports[k]), tpv_export(s, rms_mas=rms, max_mas=worst))):
+                assert report.order == mine.order and report.meets_limits == mine.meets_limits
+                assert report.rms_mas == pytest.approx(mine.rms_mas, abs=1e-6)
+                assert report.max_mas == pytest.approx(mine.max_mas, abs=1e-6)
+                np.testing.assert_allclose(report.inverse_max_pix, mine.inverse_max_pix, atol=1e-9)
+                images = [text[i:i + 80] for i in range(0, len(text), 80)]
+                assert [c[:8] + c[30:] for c in images] == [c[:8] + c[30:] for c in cards]   # keys, comments
+                for ours, theirs in zip(images, cards):     # CRVAL, CRPIX, CD: the same numbers
+                    if ours[:2] in ("CR", "CD"):
+                        assert float(ours[10:30]) == pytest.approx(float(theirs[10:30]), rel=1e-12), ours
+                # the polynomial coefficients of noise-level terms are ill-determined: compare the mappings
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    ours_wcs, theirs_wcs = (WCS(fits.Header.fromstring(t)) for t in (text, "".join(cards)))
+                a = np.array(ours_wcs.all_pix2world(s.x_chk, s.y_chk, 0))
+                b = np.array(theirs_wcs.all_pix2world(s.x_chk, s.y_chk, 0))
+                assert np.max(np.abs(a - b)) * 3.6e6 < 1e-6
+                if ours_wcs.sip is not None:
+                    foc = ours_wcs.sip_pix2foc(np.stack([s.x_chk, s.y_chk], 1), 0)
+                    assert np.max(np.abs(ours_wcs.sip_foc2pix(foc, 0) - theirs_wcs.sip_foc2pix(foc, 0))) < 1e-8
+    # at least one CCD needed a higher order than another, and a SIP header was written
+    assert len({r.order for r in sip_reports}) > 1 and "A_ORDER" in sip[0]
+
+
+def test_card_templates_write_what_card_writes():
+    from jointcal_core.io.wcs_text import float_texts, rounded_floats
+    from jointcal_core.io.wcs_cards import _round_array
+
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=400) * 10.0 ** rng.integers(-20, 20, 400)
+    assert [f"{t:>20}" for t in float_texts(values)] == [card("K", float(v))[10:30] for v in values]
+    np.testing.assert_array_equal(rounded_floats(values), _round_array(values))
