@@ -4,8 +4,8 @@ A visit selector and tabs (Whiskers, Scatter, Histograms, vs magnitude, Photomet
 points), with :class:`~app.views.star_detail.StarDetail` below. Every plot is a DynamicMap fed by
 one ``hv.streams.Pipe``: after each fit step (``session.fit_version``) or visit change the new
 residuals go down the pipe and the plots update in place, keeping a zoom the user made. A click
-on the whiskers, the scatter or a vs-magnitude plot picks the nearest star into
-``session.selected_star``.
+on the scatter, a vs-magnitude plot or the photometry map picks the star of the nearest
+measurement into ``session.selected_star`` (the whiskers are per-CCD cells, not stars).
 """
 
 from __future__ import annotations
@@ -62,27 +62,30 @@ class ResidualViews(pn.viewable.Viewer):
         return hv.DynamicMap(lambda data: func(data), streams=[self._pipe])
 
     def _points(self, kind: str, x: str | None, y: str | None, opts: dict):
-        """Fitted measurements (rasterised when many) under the outliers and reserved ones."""
+        """Fitted measurements (rasterised when many) under the outliers and reserved ones.
+
+        Each state is its own DynamicMap of one element: HoloViews links a stream only to a
+        DynamicMap that returns an element (one returning an Overlay gets no plot callback), so
+        the click is taken on the fitted layer, whose plot spans the whole frame.
+        """
         x = x or ("dx_mas" if kind == "astrometry" else "mag")
         y = y or ("dy_mas" if kind == "astrometry" else "residual_mmag")
-
-        def layer(states, data):
-            return hv.Overlay([pf.residual_points(data["frame"], kind, s, x, y) for s in states])
-        used = self._dmap(lambda data: pf.residual_points(data["frame"], kind, "used", x, y))
+        layers = {s: self._dmap(lambda data, s=s: pf.residual_points(data["frame"], kind, s, x, y))
+                  for s in pf.STATE_COLORS}
         if len(self.residuals) > pf.RASTERIZE_ABOVE:
-            used = pf.rasterize_points(used, dynamic=True)
-        plot = (used * self._dmap(partial(layer, ["outlier", "reserved"]))).opts(
-            responsive=True, min_height=420, **opts)
-        self._tap(f"{kind}: {y} vs {x}", plot, x, y)
-        return plot
+            layers["used"] = pf.rasterize_points(layers["used"], dynamic=True)
+        self._tap(f"{kind}: {y} vs {x}", layers["used"], x, y)
+        plot = layers["used"] * layers["outlier"] * layers["reserved"]
+        return plot.opts(responsive=True, min_height=420, **opts)
 
-    def _tap(self, name: str, plot, x_col: str, y_col: str) -> None:
-        self._taps[name] = hv.streams.Tap(source=plot)
+    def _tap(self, name: str, source, x_col: str, y_col: str) -> None:
+        """A Tap on ``source`` (a DynamicMap of one element) picking the star nearest the click."""
+        self._taps[name] = hv.streams.Tap(source=source)
         self._taps[name].add_subscriber(partial(self._on_tap, x_col, y_col))
 
     def _build(self):
+        # a whisker is a CCD cell, not a star: the whiskers take no click
         whiskers = self._dmap(lambda d: pf.residual_whiskers(d["frame"], d["visit"]))
-        self._tap("whiskers", whiskers, "ra", "dec")
         hists = [self._dmap(lambda d, c=c: pf.residual_histogram(d["frame"], c, d["visit"]))
                  for c in ("dx_mas", "dy_mas", "residual_mmag")]
         photmap = self._dmap(lambda d: pf.photometry_residual_map(d["frame"], d["visit"]))

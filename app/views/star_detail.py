@@ -49,7 +49,8 @@ class StarDetail(pn.viewable.Viewer):
             text_align={"astro_outlier": "center", "photo_outlier": "center", "reserved": "center"})
         self._plot = pn.pane.HoloViews(None, sizing_mode="stretch_width", min_height=280,
                                        css_classes=["star-plot"])
-        self._hint = pmui.Typography("Click a point in a residual plot to see that star's measurements.",
+        self._hint = pmui.Typography("Click a point in the Scatter, vs magnitude or Photometry map plot "
+                                     "to see that star's measurements.",
                                      variant="body2", css_classes=["star-hint"])
         self._content = pn.Column(self._title, self._table, self._plot, sizing_mode="stretch_width")
         self._layout = pn.Column(self._hint, self._content, sizing_mode="stretch_width")

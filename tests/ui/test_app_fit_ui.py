@@ -92,8 +92,9 @@ def test_three_steps_give_three_chi2_points_and_run_converges(demo_server, page)
         expect(page.locator(".chi2-caption")).to_contain_text(f"{i} steps", timeout=FIT_TIMEOUT_MS)
         expect(page.locator(".run-step button")).to_be_enabled(timeout=FIT_TIMEOUT_MS)
         page.wait_for_function(f"() => ({_CHI2_POINTS_JS})() === {i}", timeout=FIT_TIMEOUT_MS)
-    # the demo's first stage converges at its second step: the label has moved on
-    expect(stage).to_have_text("Stage: astrometry: Distortions")
+    # each preliminary stage takes one step (as in jointcal): after DistortionsVisit,
+    # Distortions and Positions the label shows the final stage
+    expect(stage).to_have_text("Stage: astrometry: Distortions Positions")
     screenshot(page, "12-three-steps")
     page.locator(".run-run button").click()
     expect(page.locator(".run-cancel button")).to_be_enabled()   # running in the background
@@ -106,24 +107,61 @@ def test_three_steps_give_three_chi2_points_and_run_converges(demo_server, page)
     assert page.jointcal_log.console_errors == []
 
 
-@pytest.mark.skip(reason="a real mouse click in the middle of the whisker plot does not set "
-                  "session.selected_star yet (ResidualViews' Tap stream, app/views/residuals.py, written "
-                  "separately); unskip once the residual views' click is checked in a browser")
+#: page position (CSS px) and star of the most isolated point of the residual scatter that lies in
+#: the window, or null before the plot is drawn: every layer's data source (columns dx_mas, dy_mas,
+#: star) mapped through the plot's own scales (bokeh's view of each renderer); "isolated" is the
+#: largest distance in px to any other point, so the click cannot be read as another star's
+_SCATTER_POINT_JS = """() => {
+    const pts = [];
+    for (const doc of Bokeh.documents) {
+        for (const m of doc.all_models) {
+            const d = m.data_source && m.data_source.data;
+            if (!d || d.dx_mas === undefined || d.dy_mas === undefined || d.star === undefined) { continue; }
+            const view = Bokeh.index.find_one(m);
+            if (view == null) { continue; }
+            const { x_scale, y_scale } = view.coordinates;
+            const rect = view.plot_view.canvas_view.el.getBoundingClientRect();
+            const frame = view.plot_view.frame.bbox;
+            for (let i = 0; i < d.dx_mas.length; i++) {
+                const sx = x_scale.compute(d.dx_mas[i]), sy = y_scale.compute(d.dy_mas[i]);
+                const inside = frame.left + 5 < sx && sx < frame.right - 5
+                    && frame.top + 5 < sy && sy < frame.bottom - 5;
+                pts.push({x: rect.left + sx, y: rect.top + sy, star: Number(d.star[i]), inside: inside});
+            }
+        }
+    }
+    let best = null, best_gap = -1;
+    for (const p of pts) {
+        const shown = p.x > 20 && p.y > 20 && p.x < window.innerWidth - 20 && p.y < window.innerHeight - 20;
+        if (!p.inside || !shown) { continue; }
+        let gap = Infinity;
+        for (const q of pts) { if (q !== p) { gap = Math.min(gap, Math.hypot(p.x - q.x, p.y - q.y)); } }
+        if (gap > best_gap) { best = p; best_gap = gap; }
+    }
+    return best === null ? null : {x: best.x, y: best.y, star: best.star, gap_px: best_gap};
+}"""
+
+
 def test_a_star_click_shows_its_measurements(demo_server, page):
-    if importlib.util.find_spec("app.views.residuals") is None:
-        pytest.skip("app/views/residuals.py (ResidualViews) is not there yet")
     _open_demo(demo_server, page)
     _associate(page, 216)
     _tab(page, "Residuals")
-    canvas = page.locator(".residuals-whiskers canvas").first
+    page.locator(".main-tabs").get_by_text("Scatter", exact=True).first.click()
+    canvas = page.locator(".residuals-scatter canvas").first
     expect(canvas).to_be_visible(timeout=FIT_TIMEOUT_MS)
+    canvas.scroll_into_view_if_needed()
+    expect(page.locator(".star-hint")).to_be_visible()
     expect(page.locator(".star-title")).to_be_hidden()
-    box = canvas.bounding_box()
-    # a real mouse click in the middle of the plot (bokeh's event layer lies over the canvas)
-    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-    expect(page.locator(".star-title")).to_be_visible(timeout=FIT_TIMEOUT_MS)
-    expect(page.locator(".star-table .tabulator-row").first).to_be_visible()
-    assert page.locator(".star-table .tabulator-row").count() >= 2  # a fitted star is seen on >= 2 exposures
+    point = page.wait_for_function(_SCATTER_POINT_JS, timeout=FIT_TIMEOUT_MS).json_value()
+    assert point["gap_px"] > 6   # no other point (star) within a few pixels of the clicked one
+    # a real mouse click on that point (bokeh's event layer lies over the canvas)
+    page.mouse.click(point["x"], point["y"])
+    expect(page.locator(".star-title")).to_contain_text(f"Star {point['star']}:", timeout=FIT_TIMEOUT_MS)
+    expect(page.locator(".star-hint")).to_be_hidden()
+    rows = page.locator(".star-table .tabulator-row")
+    expect(rows.first).to_be_visible()
+    assert rows.count() >= 2  # a fitted star is seen on >= 2 exposures
+    page.locator(".star-title").scroll_into_view_if_needed()
     screenshot(page, "14-star-detail")
     assert page.jointcal_log.console_errors == []
 

@@ -218,3 +218,33 @@ def test_residual_views_update_in_place_and_a_click_selects_a_star(demo_field):
     assert detail._content.visible and (detail._table.value["dx_mas"] == round(target["dx_mas"], 2)).any()
     session.set_field(None)
     assert views._empty.visible and views.residuals is None
+
+
+def test_every_clickable_residual_plot_wires_its_tap_into_the_rendered_bokeh_plot(demo_field):
+    # HoloViews links a stream only to a DynamicMap returning one element: a Tap whose source
+    # returns an Overlay got no plot callback, so a browser click never reached it
+    from bokeh.document import Document
+
+    session = FitSession()
+    session.set_field(demo_field)
+    views = ResidualViews(session=session)
+    session.associate()
+    wired = {}
+    for name in ("Scatter", "vs magnitude", "Photometry map", "Whiskers"):
+        pane = views._panes[name]
+        plot = pane._plots[pane.get_root(Document()).ref["id"]][0]
+        wired[name] = [s for sub in plot.traverse(lambda p: p) for cb in getattr(sub, "callbacks", [])
+                       for s in cb.streams if isinstance(s, hv.streams.Tap)]
+    taps = views._taps
+    assert wired["Scatter"] == [taps["astrometry: dy_mas vs dx_mas"]]
+    assert wired["vs magnitude"] == [taps["astrometry: dr_mas vs mag"],
+                                     taps["photometry: residual_mmag vs mag"]]
+    assert wired["Photometry map"] == [taps["photometry map"]]
+    assert wired["Whiskers"] == [] and "whiskers" not in taps     # a whisker is a CCD cell, not a star
+    # a tap at a measurement of the map shows that star
+    frame = views.residuals[views.residuals["visit"] == views.visit]
+    target = frame.iloc[len(frame) // 2]
+    taps["photometry map"].event(x=target["ra"], y=target["dec"])
+    assert session.selected_star == target["star"]
+    assert views.star_detail._content.visible
+    assert (views.star_detail._table.value["visit"] == views.visit).any()
