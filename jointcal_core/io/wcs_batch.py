@@ -213,6 +213,41 @@ def _better(report_rms, report_max, meets, best_rms, best_max) -> np.ndarray:
     return ~np.isfinite(best_rms) | meets | (report_rms < best_rms) | ((report_rms == best_rms) & (report_max < best_max))
 
 
+def _search_orders(b: SampleBatch, starts, max_order: int, rms_mas: float, max_mas: float, step):
+    """Per row of ``b``, the lowest order from its start that meets the aims, else the best tried.
+
+    ``step(rows, order)`` fits ``order`` to ``rows`` (chunks of at most ``_ROWS``) and returns
+    ``(payload, rms, worst, inverse)``: ``payload(k)`` is what to keep of the chunk's row ``k``,
+    rms and worst (mas) shape (R,), ``inverse`` (pix, shape (R,)) or None when not applicable.
+
+    Returns the kept payloads and the :class:`FidelityReport` of every row, in row order.
+    """
+    starts = np.asarray(starts, dtype=int)
+    n = b.size
+    best_rms, best_max = np.full(n, np.inf), np.full(n, np.inf)
+    chosen: dict = {}
+    pending = np.arange(n)
+    for order in range(int(starts.min()) if n else 1, max_order + 1):
+        active = pending[starts[pending] <= order]
+        done = np.zeros(0, int)
+        for a in range(0, active.size, _ROWS):
+            rows = active[a:a + _ROWS]
+            payload, rms, worst, inverse = step(rows, order)
+            meets = (rms <= rms_mas) & (worst <= max_mas)
+            better = _better(rms, worst, meets, best_rms[rows], best_max[rows])
+            for k in np.flatnonzero(better):
+                r = int(rows[k])
+                best_rms[r], best_max[r] = rms[k], worst[k]
+                extra = () if inverse is None else (float(inverse[k]),)
+                chosen[r] = (payload(k), FidelityReport(order, float(rms[k]), float(worst[k]), bool(meets[k]),
+                                                        b.x_chk.size, *extra))
+            done = np.r_[done, rows[meets]]
+        pending = np.setdiff1d(pending, done)
+        if pending.size == 0:
+            break
+    return [chosen[k][0] for k in range(n)], [chosen[k][1] for k in range(n)]
+
+
 def tan_sip_batch(b: SampleBatch, starts, max_order: int = 7, rms_mas: float = 1.0, max_mas: float = 3.0):
     """:func:`~jointcal_core.io.wcs_cards.tan_sip_export` of every row of ``b``.
 
@@ -228,34 +263,16 @@ def tan_sip_batch(b: SampleBatch, starts, max_order: int = 7, rms_mas: float = 1
         Each header's card images joined (80 characters each), in ``tan_sip_header``'s order.
     reports : list of FidelityReport
     """
-    starts = np.asarray(starts, dtype=int)
-    n = b.size
     crpix = rounded_floats(b.centre + 1.0)
     crval = rounded_floats(b.crval)
     u, v = b.x_chk + 1.0 - crpix[0], b.y_chk + 1.0 - crpix[1]
-    best_rms, best_max = np.full(n, np.inf), np.full(n, np.inf)
-    chosen: dict = {}
-    pending = np.arange(n)
-    for order in range(int(starts.min()) if n else 1, max_order + 1):
-        active = pending[starts[pending] <= order]
-        done = np.zeros(0, int)
-        for a in range(0, active.size, _ROWS):
-            rows = active[a:a + _ROWS]
-            values, rms, worst, inverse = _sip_step(b, rows, order, crval[rows], u, v)
-            meets = (rms <= rms_mas) & (worst <= max_mas)
-            better = _better(rms, worst, meets, best_rms[rows], best_max[rows])
-            for k in np.flatnonzero(better):
-                r = int(rows[k])
-                best_rms[r], best_max[r] = rms[k], worst[k]
-                chosen[r] = (order, {key: val[k] for key, val in values.items()},
-                             FidelityReport(order, float(rms[k]), float(worst[k]), bool(meets[k]),
-                                            b.x_chk.size, float(inverse[k])))
-            done = np.r_[done, rows[meets]]
-        pending = np.setdiff1d(pending, done)
-        if pending.size == 0:
-            break
-    texts = sip_texts([chosen[k][1] for k in range(n)], crpix)
-    return texts, [chosen[k][2] for k in range(n)]
+
+    def step(rows, order):
+        values, rms, worst, inverse = _sip_step(b, rows, order, crval[rows], u, v)
+        return (lambda k: {key: val[k] for key, val in values.items()}), rms, worst, inverse
+
+    chosen, reports = _search_orders(b, starts, max_order, rms_mas, max_mas, step)
+    return sip_texts(chosen, crpix), reports
 
 
 def _sip_step(b: SampleBatch, rows, order: int, crval, u, v):
@@ -322,38 +339,22 @@ def tpv_batch(b: SampleBatch, starts, max_order: int = 7, rms_mas: float = 1.0, 
         Each CCD's card images in ``scamp_head.tpv_header``'s order (no photometry cards).
     reports : list of FidelityReport
     """
-    starts = np.asarray(starts, dtype=int)
-    n = b.size
     crpix = rounded_floats(b.centre + 1.0)
     crval = rounded_floats(b.crval)
     u, v = b.x_chk + 1.0 - crpix[0], b.y_chk + 1.0 - crpix[1]
-    best_rms, best_max = np.full(n, np.inf), np.full(n, np.inf)
-    chosen: dict = {}
-    pending = np.arange(n)
-    for order in range(int(starts.min()) if n else 1, max_order + 1):
-        active = pending[starts[pending] <= order]
-        done = np.zeros(0, int)
-        for a in range(0, active.size, _ROWS):
-            rows = active[a:a + _ROWS]
-            terms, c_xi, c_eta = _fit(b, rows, order)
-            cd = _linear_part(terms, c_xi, c_eta)
-            cd_r = rounded_floats(cd)
-            d_xi, d_eta = _substitute_rows(terms, c_xi, c_eta, np.linalg.inv(cd_r))
-            xq = cd_r[:, 0, :1] * u + cd_r[:, 0, 1:] * v
-            yq = cd_r[:, 1, :1] * u + cd_r[:, 1, 1:] * v
-            xi, eta = np.moveaxis(_poly_rows(rounded_floats(np.stack([d_xi, d_eta], axis=-1)), terms, xq, yq), 1, 0)
-            rms, worst = _fidelity(b, rows, xi, eta, crval[rows])
-            meets = (rms <= rms_mas) & (worst <= max_mas)
-            better = _better(rms, worst, meets, best_rms[rows], best_max[rows])
-            for k in np.flatnonzero(better):
-                r = int(rows[k])
-                best_rms[r], best_max[r] = rms[k], worst[k]
-                chosen[r] = (order, (cd[k], d_xi[k], d_eta[k]),
-                             FidelityReport(order, float(rms[k]), float(worst[k]), bool(meets[k]), b.x_chk.size))
-            done = np.r_[done, rows[meets]]
-        pending = np.setdiff1d(pending, done)
-        if pending.size == 0:
-            break
-    images = tpv_texts(b.crval, b.centre + 1.0, [chosen[k][0] for k in range(n)], [chosen[k][1] for k in range(n)])
-    return images, [chosen[k][2] for k in range(n)]
+
+    def step(rows, order):
+        terms, c_xi, c_eta = _fit(b, rows, order)
+        cd = _linear_part(terms, c_xi, c_eta)
+        cd_r = rounded_floats(cd)
+        d_xi, d_eta = _substitute_rows(terms, c_xi, c_eta, np.linalg.inv(cd_r))
+        xq = cd_r[:, 0, :1] * u + cd_r[:, 0, 1:] * v
+        yq = cd_r[:, 1, :1] * u + cd_r[:, 1, 1:] * v
+        xi, eta = np.moveaxis(_poly_rows(rounded_floats(np.stack([d_xi, d_eta], axis=-1)), terms, xq, yq), 1, 0)
+        rms, worst = _fidelity(b, rows, xi, eta, crval[rows])
+        return (lambda k: (order, (cd[k], d_xi[k], d_eta[k]))), rms, worst, None
+
+    chosen, reports = _search_orders(b, starts, max_order, rms_mas, max_mas, step)
+    images = tpv_texts(b.crval, b.centre + 1.0, [c[0] for c in chosen], [c[1] for c in chosen])
+    return images, reports
 
