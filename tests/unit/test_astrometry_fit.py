@@ -15,7 +15,6 @@ import warnings
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 from astropy.io import fits
 from astropy.wcs import WCS
 
@@ -24,7 +23,7 @@ from jointcal_core.config import JointcalConfig
 from jointcal_core.fit import FitStatus, Fitter
 from jointcal_core.io.export_models import write_model_files
 from jointcal_core.models import make_astrometry_problem
-from jointcal_core.models.astrometry_mappings import expand_pieces
+from jointcal_core.models.astrometry_covariance import predicted_wcs_rms_mas
 from jointcal_core.pipeline import JointFit, prepare
 from jointcal_core.selection import select_sources
 from jointcal_core.simulate import simulate_field
@@ -129,51 +128,11 @@ def test_noise_free_measurements_give_the_true_wcs(sim):
     assert rms2(wcs_error_mas(problem, sim)) < 0.02       # measured 0.003 mas (10 visits: 0.001)
 
 
-def cramer_rao_rms_mas(problem, sim, n=5) -> float:
-    """Expected 2-D rms error of the fitted WCS on an n x n grid of every CCD, from the final
-    normal matrix: model covariance = inverse of the reduced (star-marginalised) matrix."""
-    groups = problem.stages()[-1].groups
-    model_free, star_free = problem.model_param_mask(groups), problem.star_param_mask(groups)
-    lin = problem.linearize(True)
-    free_index = np.full(problem.n_model_params, -1)
-    free_index[model_free] = np.arange(model_free.sum())
-    cols = free_index[lin.model_cols]
-    keep = (cols >= 0) & (lin.model_vals != 0)
-    rows = np.broadcast_to(np.arange(lin.residual.size)[:, None], cols.shape)[keep]
-    jm = sp.csr_matrix((lin.model_vals[keep], (rows, cols[keep])), shape=(lin.residual.size, model_free.sum()))
-    has_star = lin.star >= 0
-    sd = int(star_free.sum())
-    v = lin.star_vals[has_star][:, star_free]
-    star = lin.star[has_star]
-    js = sp.csr_matrix((v.ravel(), (np.repeat(np.flatnonzero(has_star), sd), (star[:, None] * sd + np.arange(sd)).ravel())),
-                       shape=(lin.residual.size, problem.n_stars * sd))
-    blocks = np.zeros((problem.n_stars, sd, sd))
-    np.add.at(blocks, star, v[:, :, None] * v[:, None, :])
-    measured = np.einsum("nii->n", blocks) > 0
-    inv = np.zeros_like(blocks)
-    inv[measured] = np.linalg.inv(blocks[measured])
-    base = (np.arange(problem.n_stars) * sd)[:, None, None]
-    r, c = np.broadcast_to(base + np.arange(sd)[:, None], inv.shape), np.broadcast_to(base + np.arange(sd), inv.shape)
-    cinv = sp.csr_matrix((inv.ravel(), (r.ravel(), c.ravel())), shape=js.shape[1:] * 2)
-    b = (jm.T @ js).tocsr()
-    cov = np.linalg.inv((jm.T @ jm).toarray() - (b @ cinv @ b.T).toarray())
-    var = []
-    for ccd, (x0, y0, x1, y1) in enumerate(sim.field.ccd_images.bbox):
-        x, y = (g.ravel() for g in np.meshgrid(np.linspace(x0, x1, n), np.linspace(y0, y1, n)))
-        _, _, _, pcols, pieces = problem.mapping.evaluate(problem.params, np.full(x.size, ccd), x, y, True)
-        d = expand_pieces(pieces, x.size, pcols.shape[1])
-        fc = free_index[pcols]
-        d[np.broadcast_to((fc < 0)[:, None, :], d.shape)] = 0.0
-        sub = cov[np.maximum(fc, 0)[:, :, None], np.maximum(fc, 0)[:, None, :]]
-        var.append(np.einsum("nik,nkl,nil->n", d, sub, d))
-    return float(np.sqrt(np.mean(np.concatenate(var))) * 3.6e6)
-
-
 def test_proper_motion_fit_is_noise_limited_and_efficient(proper_motion, sim):
     # the rms error against the truth matches the Cramer-Rao prediction of the fit's own normal
     # matrix: the weights are right and nothing but the measurement noise limits the result
     problem = proper_motion[0]
-    predicted = cramer_rao_rms_mas(problem, sim)
+    predicted = predicted_wcs_rms_mas(problem, sim.field.ccd_images.bbox)
     actual = rms2(wcs_error_mas(problem, sim))
     assert 0.75 < actual / predicted < 1.25, (actual, predicted)
 
