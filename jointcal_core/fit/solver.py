@@ -25,6 +25,7 @@ from threadpoolctl import threadpool_limits
 from ..exceptions import ModelConstraintError, NonFiniteError
 from .normal import sum_by_index
 from .problem import Linearization
+from .refine import Factor, preconditioned_cg
 
 __all__ = ["SolveResult", "solve_step", "forget_rows", "removed_rows", "resolve_gain"]
 
@@ -97,8 +98,12 @@ def _block_diag(blocks: np.ndarray) -> sp.csr_matrix:
     return sp.csr_matrix((blocks.ravel(), (rows.ravel(), cols.ravel())), shape=(n * s, n * s))
 
 
-def _cholesky_solve(matrix: np.ndarray, rhs: np.ndarray, describe) -> np.ndarray:
-    """Solve the symmetric positive definite ``matrix x = rhs`` with Jacobi scaling."""
+def _cholesky_solve(matrix: np.ndarray, rhs: np.ndarray, describe, keep: dict | None = None) -> np.ndarray:
+    """Solve the symmetric positive definite ``matrix x = rhs`` with Jacobi scaling.
+
+    ``keep``, when given, receives the factorisation under ``"factor"`` (a
+    :class:`~jointcal_core.fit.refine.Factor`, to precondition later solves).
+    """
     diag = np.diag(matrix).copy()
     if not np.all(np.isfinite(matrix)) or not np.all(np.isfinite(rhs)):
         raise NonFiniteError("the normal equations contain NaN or infinite values; check the input "
@@ -127,7 +132,10 @@ def _cholesky_solve(matrix: np.ndarray, rhs: np.ndarray, describe) -> np.ndarray
             "the model is degenerate (the normal matrix is singular); the parameter most involved is "
             f"{describe(worst)}: the data do not constrain it (too few stars, no overlap, or no "
             "reference to fix the gauge)") from None
-    return scipy.linalg.cho_solve(factor, rhs * scale, check_finite=False) * scale
+    kept = Factor(factor, scale)
+    if keep is not None:
+        keep["factor"] = kept
+    return kept.solve(rhs)
 
 
 def solve_step(lin: Linearization, n_model_params: int, n_stars: int, star_dim: int,
@@ -283,18 +291,31 @@ def _solve_blocks(lin, free_index, n_free, n_stars, star_free, describe_free, ca
     star_decrease = float(np.einsum("ni,ni->", g_s, q))
     if not has_model:
         return np.zeros(n_free), -q, star_decrease
-    # C^-1 = L L^T per star; z_row = L^T w_row
-    used = np.einsum("nii->n", cinv) > 0
-    chol = np.zeros_like(cinv)
-    chol[used] = np.linalg.cholesky(cinv[used])
-    z = np.where(with_star[:, None], np.einsum("nij,ni->nj", chol[star], w), 0.0)
-    a = normal.normal_matrix(lin, plan, n_free)
-    a -= schur.schur_term(lin, plan, n_free, z)
-    del z
     # rhs = g_m - B C^-1 g_s = sum_rows V_row (r_row - w_row . q_star)
     wq = np.where(with_star, np.einsum("ni,ni->n", w, q[star]), 0.0)
     rhs = normal.accumulate_gradient(lin, plan, n_free, r - wq)
-    dm = -_cholesky_solve(a, rhs, describe_free)
+    dm = None
+    if cache is not None and "factor" in cache:
+        # a later step of the same stage: the last factorisation preconditions CG (fit/refine.py)
+        def apply(x):
+            u = normal.rows_dot_model(lin, plan, x)
+            bt_x = sum_by_index(star_rows, w_rows * u[with_star, None], n_stars)
+            wt = np.einsum("ni,ni->n", w, np.einsum("nij,nj->ni", cinv, bt_x)[star])
+            return normal.accumulate_gradient(lin, plan, n_free, u - np.where(with_star, wt, 0.0))
+
+        solved, cache["cg_iterations"] = preconditioned_cg(apply, rhs, cache["factor"])
+        dm = None if solved is None else -solved
+    if dm is None:
+        # C^-1 = L L^T per star; z_row = L^T w_row
+        used = np.einsum("nii->n", cinv) > 0
+        chol = np.zeros_like(cinv)
+        chol[used] = np.linalg.cholesky(cinv[used])
+        z = np.where(with_star[:, None], np.einsum("nij,ni->nj", chol[star], w), 0.0)
+        a = normal.normal_matrix(lin, plan, n_free)
+        a -= schur.schur_term(lin, plan, n_free, z)
+        del z
+        dm = -_cholesky_solve(a, rhs, describe_free, keep=cache)
+        del a
     # ds = -C^-1 (g_s + B^T dm); B^T dm per star = sum_rows w_row (V_row . dm)
     jdm = normal.rows_dot_model(lin, plan, dm)
     bt_dm = sum_by_index(star_rows, w_rows * jdm[with_star, None], n_stars)

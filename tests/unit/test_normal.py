@@ -6,6 +6,7 @@ import pytest
 
 from jointcal_core.fit import Linearization, solve_step
 from jointcal_core.fit.normal import sum_by_index
+from jointcal_core.fit import refine
 from jointcal_core.fit.solver import forget_rows
 
 
@@ -91,13 +92,71 @@ def test_cached_plan_is_reused_after_rows_are_removed():
         current = _without_rows(current, removed)
         cached = solve_step(current, n_model, n_star, 2, free, star_free, cache=cache)
         assert cache["plan"] is plan
+        # the step after the removal is solved by CG on the earlier factorisation (fit/refine.py)
+        assert 1 <= cache["cg_iterations"] <= refine.MAX_ITERATIONS
         fresh = solve_step(current, n_model, n_star, 2, free, star_free)
-        np.testing.assert_allclose(cached.delta_model, fresh.delta_model, rtol=1e-10, atol=1e-12)
-        np.testing.assert_allclose(cached.delta_stars, fresh.delta_stars, rtol=1e-10, atol=1e-12)
+        _assert_same_step(cached, fresh)
     # rows that do not match the cached layout: the plan is rebuilt, not misused
     other, *_ = _two_slot_problem(seed=14)
     solve_step(other, n_model, n_star, 2, free, star_free, cache=cache)
     assert cache["plan"] is not plan
+
+
+def _assert_same_step(got, want, rel=1e-8):
+    """Steps equal to ``rel`` of their norm (CG's tolerance is on the error's norm, not per entry)."""
+    for a, b in ((got.delta_model, want.delta_model), (got.delta_stars, want.delta_stars)):
+        assert np.linalg.norm(a - b) <= rel * np.linalg.norm(b)
+    assert got.predicted_decrease == pytest.approx(want.predicted_decrease, rel=rel)
+
+
+def _perturbed(lin: Linearization, seed: int, size: float) -> Linearization:
+    """The same rows with derivatives and residuals moved by ``size`` (relative): a later step."""
+    rng = np.random.default_rng(seed)
+    return Linearization(residual=lin.residual * (1 + size * rng.normal(size=lin.residual.shape)),
+                         model_cols=lin.model_cols,
+                         model_vals=lin.model_vals * (1 + size * rng.normal(size=lin.model_vals.shape)),
+                         star=lin.star, star_vals=lin.star_vals * (1 + size * rng.normal(size=lin.star_vals.shape)),
+                         meas=lin.meas, ref_star=lin.ref_star, slot_ranges=lin.slot_ranges,
+                         slot_block=lin.slot_block)
+
+
+def test_later_steps_are_solved_by_cg_on_the_last_factorisation():
+    """A step whose matrix moved by 1 %: CG converges in a few passes to the direct solve's step;
+    a matrix moved by 60 %: CG gives up and the step is solved (and factorised) directly."""
+    lin, n_model, n_star, free = _two_slot_problem(seed=16)
+    star_free = np.array([True, True])
+    cache = {}
+    solve_step(lin, n_model, n_star, 2, free, star_free, cache=cache)
+    first_factor = cache["factor"]
+    near = _perturbed(lin, seed=1, size=0.01)
+    by_cg = solve_step(near, n_model, n_star, 2, free, star_free, cache=cache)
+    assert 1 <= cache["cg_iterations"] <= 6
+    assert cache["factor"] is first_factor                  # no new factorisation
+    _assert_same_step(by_cg, solve_step(near, n_model, n_star, 2, free, star_free))
+
+    far = _perturbed(lin, seed=2, size=0.6)
+    fallback = solve_step(far, n_model, n_star, 2, free, star_free, cache=cache)
+    assert cache["cg_iterations"] == refine.MAX_ITERATIONS   # CG did not converge ...
+    assert cache["factor"] is not first_factor               # ... so the step was factorised anew
+    _assert_same_step(fallback, solve_step(far, n_model, n_star, 2, free, star_free), rel=1e-12)
+
+
+def test_preconditioned_cg_with_the_exact_factor_takes_one_pass():
+    rng = np.random.default_rng(4)
+    m = rng.normal(size=(40, 40))
+    s = m @ m.T + 40 * np.eye(40)
+    rhs = rng.normal(size=40)
+    scale = 1 / np.sqrt(np.diag(s))
+    import scipy.linalg
+    exact = refine.Factor(scipy.linalg.cho_factor(s * scale[:, None] * scale[None, :], lower=True), scale)
+    x, iterations = refine.preconditioned_cg(lambda v: s @ v, rhs, exact)
+    assert iterations == 1
+    np.testing.assert_allclose(x, np.linalg.solve(s, rhs), rtol=1e-10)
+    # a rough preconditioner (the diagonal only) needs more passes and still converges
+    rough = refine.Factor(scipy.linalg.cho_factor(np.eye(40), lower=True), scale)
+    x, iterations = refine.preconditioned_cg(lambda v: s @ v, rhs, rough, max_iterations=200)
+    assert iterations > 1
+    np.testing.assert_allclose(x, np.linalg.solve(s, rhs), rtol=1e-8)
 
 
 def test_predicted_decrease_is_the_linear_chi2_decrease():
