@@ -89,6 +89,22 @@ class Linearization:
     def chi2(self) -> float:
         return float(np.dot(self.residual, self.residual))
 
+    def without_rows(self, removed: np.ndarray) -> "Linearization":
+        """The same linearisation without the rows ``removed`` (bool mask, shape (n_rows,)).
+
+        Every row depends only on its own measurement or reference term, so this equals a new
+        linearisation after deactivating those terms, row for row, without evaluating the models.
+        """
+        keep = ~np.asarray(removed, bool)
+
+        def take(a):
+            return None if a is None else a[keep]
+
+        return Linearization(residual=self.residual[keep], model_cols=take(self.model_cols),
+                             model_vals=take(self.model_vals), star=take(self.star), star_vals=take(self.star_vals),
+                             meas=take(self.meas), ref_star=take(self.ref_star), slot_ranges=self.slot_ranges,
+                             slot_block=take(self.slot_block))
+
     def chi2_per_measurement(self, n_meas: int) -> np.ndarray:
         """chi2 of each measurement (0 for inactive ones), shape (n_meas,)."""
         rows = self.meas >= 0

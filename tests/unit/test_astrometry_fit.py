@@ -187,3 +187,25 @@ def test_reset_restores_the_initial_chi2(sim):
     fitter.reset()
     assert fitter.chi2 == pytest.approx(chi2_0, rel=1e-12)
     assert fitter.history == []
+
+
+@pytest.mark.parametrize("kind", ["astrometry", "photometry"])
+def test_an_outlier_pass_keeps_the_linearisation_of_the_remaining_terms(sim, kind):
+    """After a pass the Fitter drops the rejected rows instead of re-evaluating the models: the
+    result must be what a fresh linearisation gives, row for row, derivatives included."""
+    joint = JointFit(prepare(sim.field, JointcalConfig()))
+    fitter, problem = joint.fitters[kind], joint.problems[kind]
+    passes = 0
+    while not fitter.done and passes < 2:
+        step = fitter.step()
+        if step.status is not FitStatus.OUTLIERS_REJECTED:
+            continue
+        passes += 1
+        assert step.n_outliers > 0
+        kept, fresh = fitter.linearization(), problem.linearize(jacobian=fitter._has_jacobian)
+        for name in ("residual", "star", "meas", "ref_star", "model_cols", "model_vals", "star_vals", "slot_block"):
+            a, b = getattr(kept, name), getattr(fresh, name)
+            assert (a is None) == (b is None), name
+            if a is not None:
+                np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14, err_msg=name)
+    assert passes == 2
