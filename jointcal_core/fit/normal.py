@@ -84,8 +84,9 @@ class BlockStructure:
     slot_of : ndarray of int, shape (n_blocks,)
     """
 
-    def __init__(self, ranges, gblock, cols, keep, slot_of):
+    def __init__(self, ranges, gblock, cols, keep, slot_of, explicit: bool = True):
         self.ranges, self.gblock, self.cols, self.keep, self.slot_of = ranges, gblock, cols, keep, slot_of
+        self.explicit = explicit        # slots given by the model (else one slot of row patterns)
 
     @property
     def n_blocks(self) -> int:
@@ -97,7 +98,8 @@ def block_structure(lin: Linearization, free_index: np.ndarray) -> BlockStructur
     n_rows, k = lin.model_cols.shape
     ranges = getattr(lin, "slot_ranges", None)
     sblock = getattr(lin, "slot_block", None)
-    if ranges is None or sblock is None:
+    explicit = ranges is not None and sblock is not None
+    if not explicit:
         used = np.any(lin.model_vals != 0, axis=1)
         _, inverse = np.unique(lin.model_cols, axis=0, return_inverse=True)
         ranges, sblock = ((0, k),), np.where(used, inverse.ravel(), -1)[:, None]
@@ -117,7 +119,7 @@ def block_structure(lin: Linearization, free_index: np.ndarray) -> BlockStructur
             keep.append(local)
             slot_of.append(t)
         offset += uniq.size
-    return BlockStructure(list(ranges), gblock, cols, keep, np.asarray(slot_of, dtype=np.int64))
+    return BlockStructure(list(ranges), gblock, cols, keep, np.asarray(slot_of, dtype=np.int64), explicit)
 
 
 def segments(keys: np.ndarray):
@@ -145,11 +147,16 @@ class Plan:
         Rows touching a block in each slot.
     """
 
-    def __init__(self, lin: Linearization, free_index: np.ndarray):
-        self.bs = block_structure(lin, free_index)
+    def __init__(self, lin: Linearization | None, free_index: np.ndarray | None, bs: BlockStructure | None = None):
+        self.bs = block_structure(lin, free_index) if bs is None else bs
         self.slot_rows = [np.flatnonzero(self.bs.gblock[:, t] >= 0) for t in range(len(self.bs.ranges))]
         self._groups = None
         self.schur = None           # fit/schur.py's SchurPlan, built on first use
+
+    def subset(self, rows: np.ndarray) -> "Plan":
+        """The plan of the rows ``rows`` (increasing indices) only, same blocks and columns."""
+        bs = self.bs
+        return Plan(None, None, BlockStructure(bs.ranges, bs.gblock[rows], bs.cols, bs.keep, bs.slot_of, bs.explicit))
 
     def normal_groups(self) -> list:
         """Rows grouped by their tuple of blocks: ``(rows, parts, cols, span)``.

@@ -25,14 +25,12 @@ from threadpoolctl import threadpool_limits
 from ..exceptions import ModelConstraintError, NonFiniteError
 from .normal import sum_by_index
 from .problem import Linearization
-from .refine import Factor, preconditioned_cg
+from .dense import DEGENERATE, cholesky_solve, solve_eliminating
+from . import refine
+from .refine import preconditioned_cg
 
 __all__ = ["SolveResult", "solve_step", "forget_rows", "removed_rows", "resolve_gain"]
 
-# relative size of the pivot below which a parameter counts as unconstrained
-_DEGENERATE = 1e-12
-# smallest Cholesky pivot of the Jacobi-scaled reduced matrix accepted as non-singular
-_PIVOT = 1e-5
 
 
 @dataclass(frozen=True)
@@ -85,7 +83,7 @@ def _invert_blocks(blocks: np.ndarray) -> np.ndarray:
         b = blocks[used]
         # a tiny ridge relative to the block's own scale keeps nearly singular stars finite
         scale = np.einsum("nii->ni", b).max(axis=1)[:, None, None]
-        inv[used] = np.linalg.inv(b + _DEGENERATE * scale * np.eye(s))
+        inv[used] = np.linalg.inv(b + DEGENERATE * scale * np.eye(s))
     return inv
 
 
@@ -96,46 +94,6 @@ def _block_diag(blocks: np.ndarray) -> sp.csr_matrix:
     rows = np.broadcast_to(base + np.arange(s)[None, :, None], blocks.shape)
     cols = np.broadcast_to(base + np.arange(s)[None, None, :], blocks.shape)
     return sp.csr_matrix((blocks.ravel(), (rows.ravel(), cols.ravel())), shape=(n * s, n * s))
-
-
-def _cholesky_solve(matrix: np.ndarray, rhs: np.ndarray, describe, keep: dict | None = None) -> np.ndarray:
-    """Solve the symmetric positive definite ``matrix x = rhs`` with Jacobi scaling.
-
-    ``keep``, when given, receives the factorisation under ``"factor"`` (a
-    :class:`~jointcal_core.fit.refine.Factor`, to precondition later solves).
-    """
-    diag = np.diag(matrix).copy()
-    if not np.all(np.isfinite(matrix)) or not np.all(np.isfinite(rhs)):
-        raise NonFiniteError("the normal equations contain NaN or infinite values; check the input "
-                             "errors (zero or non-finite uncertainties) and the starting calibration")
-    bad = np.flatnonzero(diag <= _DEGENERATE * max(diag.max(initial=0.0), 1e-300))
-    if bad.size:
-        raise ModelConstraintError(
-            f"{bad.size} model parameter(s) are not constrained by any measurement, first: "
-            f"{describe(int(bad[0]))}; exclude that item or lower the model order")
-    scale = 1.0 / np.sqrt(diag)
-    scaled = matrix * scale[:, None] * scale[None, :]
-    try:
-        # a large dense factorisation is worth every core (the Fitter runs BLAS on one thread)
-        with threadpool_limits(limits=os.cpu_count() if scaled.shape[0] > 2000 else 1, user_api="blas"):
-            # in place: one copy less of a matrix that reaches 0.7 GB for 9000 parameters
-            factor = scipy.linalg.cho_factor(scaled, lower=True, check_finite=False, overwrite_a=True)
-        # the scaled matrix has a unit diagonal: a tiny pivot means a (numerically) singular
-        # direction, i.e. a gauge freedom the model does not fix (condition number > 1e10)
-        singular = np.min(np.diag(factor[0])) < _PIVOT
-    except np.linalg.LinAlgError:
-        singular = True
-    if singular:
-        w, vec = np.linalg.eigh(matrix * scale[:, None] * scale[None, :])
-        worst = int(np.argmax(np.abs(vec[:, 0])))
-        raise ModelConstraintError(
-            "the model is degenerate (the normal matrix is singular); the parameter most involved is "
-            f"{describe(worst)}: the data do not constrain it (too few stars, no overlap, or no "
-            "reference to fix the gauge)") from None
-    kept = Factor(factor, scale)
-    if keep is not None:
-        keep["factor"] = kept
-    return kept.solve(rhs)
 
 
 def solve_step(lin: Linearization, n_model_params: int, n_stars: int, star_dim: int,
@@ -196,7 +154,7 @@ def _solve_sparse(lin, free_index, n_free, n_stars, star_free, describe_free):
     jm = _model_matrix(lin, free_index, n_free)
     if not np.any(star_free):
         g = jm.T @ r
-        dm = -_cholesky_solve((jm.T @ jm).toarray(), g, describe_free) if n_free else np.zeros(0)
+        dm = -cholesky_solve((jm.T @ jm).toarray(), g, describe_free) if n_free else np.zeros(0)
         return dm, None, -float(g @ dm) if n_free else 0.0
     blocks, js, s_free = _star_blocks(lin, n_stars, star_free)
     cinv = _invert_blocks(blocks)
@@ -207,7 +165,7 @@ def _solve_sparse(lin, free_index, n_free, n_stars, star_free, describe_free):
         b_cinv = b @ cinv_sp
         reduced = (jm.T @ jm).toarray() - (b_cinv @ b.T).toarray()
         rhs = jm.T @ r - b_cinv @ g_s
-        dm = -_cholesky_solve(reduced, rhs, describe_free)
+        dm = -cholesky_solve(reduced, rhs, describe_free)
         ds = -(cinv_sp @ (g_s + b.T @ dm))
     else:
         dm = np.zeros(0)
@@ -278,7 +236,7 @@ def _solve_blocks(lin, free_index, n_free, n_stars, star_free, describe_free, ca
             return np.zeros(n_free), None, 0.0
         a = normal.normal_matrix(lin, plan, n_free)
         g = normal.accumulate_gradient(lin, plan, n_free, r)
-        dm = -_cholesky_solve(a, g, describe_free)
+        dm = -solve_eliminating(a, g, _uncoupled_blocks(plan.bs, n_free), describe_free)
         return dm, None, -float(g @ dm)
     w = lin.star_vals[:, star_free]
     with_star = lin.star >= 0
@@ -295,33 +253,77 @@ def _solve_blocks(lin, free_index, n_free, n_stars, star_free, describe_free, ca
     wq = np.where(with_star, np.einsum("ni,ni->n", w, q[star]), 0.0)
     rhs = normal.accumulate_gradient(lin, plan, n_free, r - wq)
     dm = None
-    if cache is not None and "factor" in cache:
-        # a later step of the same stage: the last factorisation preconditions CG (fit/refine.py)
-        def apply(x):
-            u = normal.rows_dot_model(lin, plan, x)
-            bt_x = sum_by_index(star_rows, w_rows * u[with_star, None], n_stars)
-            wt = np.einsum("ni,ni->n", w, np.einsum("nij,nj->ni", cinv, bt_x)[star])
-            return normal.accumulate_gradient(lin, plan, n_free, u - np.where(with_star, wt, 0.0))
+    def apply(x):
+        """The reduced matrix times x, by passes over the rows (fit/refine.py)."""
+        u = normal.rows_dot_model(lin, plan, x)
+        bt_x = sum_by_index(star_rows, w_rows * u[with_star, None], n_stars)
+        wt = np.einsum("ni,ni->n", w, np.einsum("nij,nj->ni", cinv, bt_x)[star])
+        return normal.accumulate_gradient(lin, plan, n_free, u - np.where(with_star, wt, 0.0))
 
-        solved, cache["cg_iterations"] = preconditioned_cg(apply, rhs, cache["factor"])
-        dm = None if solved is None else -solved
-    if dm is None:
-        # C^-1 = L L^T per star; z_row = L^T w_row
+    def reduced_matrix(rows=None, weight=1.0):
+        """``A - B C^-1 B^T`` from the rows ``rows`` (all when None), their terms times ``weight``."""
+        sub, sub_plan = lin, plan
+        if rows is not None:
+            sub = Linearization(residual=r[rows], model_vals=lin.model_vals[rows] * np.sqrt(weight),
+                                star=lin.star[rows], star_vals=lin.star_vals[rows])
+            sub_plan = plan.subset(rows)
+        has = sub.star >= 0
+        # C^-1 = L L^T per star; z_row = L^T w_row. A sampled star keeps all its rows, so with its
+        # terms times `weight` its C^-1 is C^-1 / weight and z is unchanged: only V is scaled
         used = np.einsum("nii->n", cinv) > 0
         chol = np.zeros_like(cinv)
         chol[used] = np.linalg.cholesky(cinv[used])
-        z = np.where(with_star[:, None], np.einsum("nij,ni->nj", chol[star], w), 0.0)
-        a = normal.normal_matrix(lin, plan, n_free)
-        a -= schur.schur_term(lin, plan, n_free, z)
-        del z
-        dm = -_cholesky_solve(a, rhs, describe_free, keep=cache)
-        del a
+        w_sub = sub.star_vals[:, star_free]
+        z = np.where(has[:, None], np.einsum("nij,ni->nj", chol[np.where(has, sub.star, 0)], w_sub), 0.0)
+        a = normal.normal_matrix(sub, sub_plan, n_free)
+        a -= schur.schur_term(sub, sub_plan, n_free, z)
+        return a
+
+    dm = None
+    if cache is not None and "factor" not in cache:
+        every = refine.sample_every(n_free, lin.star)
+        if every > 1:
+            # first step of the stage at scale: precondition CG by the reduced matrix of every
+            # `every`-th star (fit/refine.py), a fraction of the cost of assembling all of them
+            rows = np.flatnonzero(~with_star | (lin.star % every == 0))
+            try:
+                cache["factor"] = refine.factorize(reduced_matrix(rows, float(every)), describe_free)
+            except ModelConstraintError:
+                pass        # the sample leaves a parameter free: assemble everything below
+    if cache is not None and "factor" in cache:
+        # later steps of the stage: the last factorisation preconditions CG
+        solved, cache["cg_iterations"] = preconditioned_cg(apply, rhs, cache["factor"])
+        dm = None if solved is None else -solved
+    if dm is None:
+        dm = -cholesky_solve(reduced_matrix(), rhs, describe_free, keep=cache)
     # ds = -C^-1 (g_s + B^T dm); B^T dm per star = sum_rows w_row (V_row . dm)
     jdm = normal.rows_dot_model(lin, plan, dm)
     bt_dm = sum_by_index(star_rows, w_rows * jdm[with_star, None], n_stars)
     ds = -(q + np.einsum("nij,nj->ni", cinv, bt_dm))
     # -g . delta = -rhs . dm + g_s . q (the Schur form of the quadratic model's decrease)
     return dm, ds, -float(rhs @ dm) + star_decrease
+
+
+# below this many free parameters a dense Cholesky of everything is as fast as any elimination
+ELIMINATE_ABOVE = 1500
+
+
+def _uncoupled_blocks(bs, n_free: int, above: int | None = None) -> list:
+    """The free columns of every block of the slot with the most free parameters, when the stars
+    are held: a row touches one block per slot, so the blocks of one slot share no row and their
+    part of ``Jm^T Jm`` is block diagonal. [] for small problems, a single block, slots the model
+    did not give, or columns shared between blocks (then nothing is known to be uncoupled)."""
+    if n_free <= (ELIMINATE_ABOVE if above is None else above) or bs.n_blocks == 0 or not bs.explicit:
+        return []
+    sizes = np.bincount(bs.slot_of, weights=[c.size for c in bs.cols], minlength=len(bs.ranges))
+    slot = int(np.argmax(sizes))
+    blocks = [c for c, t in zip(bs.cols, bs.slot_of) if t == slot and c.size]
+    owner = np.zeros(n_free, np.int64)
+    for c in bs.cols:
+        np.add.at(owner, c, 1)
+    if len(blocks) < 2 or any(np.any(owner[c] != 1) for c in blocks):
+        return []
+    return blocks
 
 
 def removed_rows(lin: Linearization, reject_meas: np.ndarray, reject_ref: np.ndarray) -> np.ndarray:

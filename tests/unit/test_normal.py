@@ -102,11 +102,12 @@ def test_cached_plan_is_reused_after_rows_are_removed():
     assert cache["plan"] is not plan
 
 
-def _assert_same_step(got, want, rel=1e-8):
-    """Steps equal to ``rel`` of their norm (CG's tolerance is on the error's norm, not per entry)."""
+def _assert_same_step(got, want, rel=1e-4):
+    """Steps equal to ``rel`` of their norm: CG stops at 1e-6 of the error's energy norm
+    (fit/refine.py), so the predicted chi2 decrease, quadratic in the error, agrees to ~1e-12."""
     for a, b in ((got.delta_model, want.delta_model), (got.delta_stars, want.delta_stars)):
         assert np.linalg.norm(a - b) <= rel * np.linalg.norm(b)
-    assert got.predicted_decrease == pytest.approx(want.predicted_decrease, rel=rel)
+    assert got.predicted_decrease == pytest.approx(want.predicted_decrease, rel=min(rel, 1e-9))
 
 
 def _perturbed(lin: Linearization, seed: int, size: float) -> Linearization:
@@ -120,9 +121,11 @@ def _perturbed(lin: Linearization, seed: int, size: float) -> Linearization:
                          slot_block=lin.slot_block)
 
 
-def test_later_steps_are_solved_by_cg_on_the_last_factorisation():
+def test_later_steps_are_solved_by_cg_on_the_last_factorisation(monkeypatch):
     """A step whose matrix moved by 1 %: CG converges in a few passes to the direct solve's step;
-    a matrix moved by 60 %: CG gives up and the step is solved (and factorised) directly."""
+    a matrix moved by 60 %: CG gives up (here after 4 passes) and the step is solved (and
+    factorised) directly."""
+    monkeypatch.setattr(refine, "MAX_ITERATIONS", 4)
     lin, n_model, n_star, free = _two_slot_problem(seed=16)
     star_free = np.array([True, True])
     cache = {}
@@ -130,7 +133,7 @@ def test_later_steps_are_solved_by_cg_on_the_last_factorisation():
     first_factor = cache["factor"]
     near = _perturbed(lin, seed=1, size=0.01)
     by_cg = solve_step(near, n_model, n_star, 2, free, star_free, cache=cache)
-    assert 1 <= cache["cg_iterations"] <= 6
+    assert 1 <= cache["cg_iterations"] <= 3
     assert cache["factor"] is first_factor                  # no new factorisation
     _assert_same_step(by_cg, solve_step(near, n_model, n_star, 2, free, star_free))
 
@@ -156,7 +159,9 @@ def test_preconditioned_cg_with_the_exact_factor_takes_one_pass():
     rough = refine.Factor(scipy.linalg.cho_factor(np.eye(40), lower=True), scale)
     x, iterations = refine.preconditioned_cg(lambda v: s @ v, rhs, rough, max_iterations=200)
     assert iterations > 1
-    np.testing.assert_allclose(x, np.linalg.solve(s, rhs), rtol=1e-8)
+    np.testing.assert_allclose(x, np.linalg.solve(s, rhs), rtol=1e-4)
+    x, _ = refine.preconditioned_cg(lambda v: s @ v, rhs, rough, tolerance=1e-12, max_iterations=200)
+    np.testing.assert_allclose(x, np.linalg.solve(s, rhs), rtol=1e-9)
 
 
 def test_predicted_decrease_is_the_linear_chi2_decrease():
@@ -172,3 +177,61 @@ def test_predicted_decrease_is_the_linear_chi2_decrease():
     delta = np.concatenate([sol.delta_model, sol.delta_stars.ravel()])
     after = lin.residual + jac @ delta
     assert sol.predicted_decrease == pytest.approx(lin.chi2 - after @ after, rel=1e-9)
+
+
+def test_stars_held_steps_eliminate_the_uncoupled_visit_blocks(monkeypatch):
+    """Stars held (a preliminary stage): the visit blocks share no row, the solve eliminates them
+    first; the step equals the sparse reference's dense solve."""
+    from jointcal_core.fit import dense, solver
+    lin, n_model, n_star, free = _two_slot_problem(seed=17)
+    held = np.array([False, False])
+    ref = solve_step(lin, n_model, n_star, 2, free, held, method="sparse")
+    used = []
+    monkeypatch.setattr(solver, "ELIMINATE_ABOVE", 0)
+    monkeypatch.setattr(solver, "solve_eliminating",
+                        lambda a, g, blocks, d: used.append(len(blocks)) or dense.solve_eliminating(a, g, blocks, d))
+    fast = solve_step(lin, n_model, n_star, 2, free, held, method="blocks")
+    assert used == [30]                                  # the 30 visit blocks (6 parameters each)
+    np.testing.assert_allclose(fast.delta_model, ref.delta_model, rtol=1e-9, atol=1e-12)
+    assert fast.predicted_decrease == pytest.approx(ref.predicted_decrease, rel=1e-10)
+
+
+def test_block_elimination_solves_and_detects_degeneracy_like_the_full_cholesky():
+    from jointcal_core.exceptions import ModelConstraintError
+    from jointcal_core.fit.dense import cholesky_solve, solve_eliminating
+    rng = np.random.default_rng(8)
+    # 5 blocks of 4 parameters coupled only to 6 shared parameters (an arrow matrix)
+    blocks = [np.arange(6 + 4 * k, 10 + 4 * k) for k in range(5)]
+    j = np.zeros((200, 26))
+    for k, b in enumerate(blocks):
+        rows = slice(40 * k, 40 * (k + 1))
+        j[rows, b] = rng.normal(size=(40, 4))
+        j[rows, :6] = rng.normal(size=(40, 6))
+    a, rhs = j.T @ j, rng.normal(size=26)
+    np.testing.assert_allclose(solve_eliminating(a, rhs, blocks, str), np.linalg.solve(a, rhs), rtol=1e-9)
+    # a degenerate direction shared by a block and the rest (one parameter repeats another)
+    j[:, 7] = j[:, 0]
+    a = j.T @ j
+    with pytest.raises(ModelConstraintError, match="degenerate") as full:
+        cholesky_solve(a, rhs, lambda i: f"p{i}")
+    with pytest.raises(ModelConstraintError, match="degenerate") as eliminated:
+        solve_eliminating(a, rhs, blocks, lambda i: f"p{i}")
+    assert str(eliminated.value) == str(full.value)
+
+
+def test_first_step_at_scale_is_preconditioned_by_a_sample_of_the_stars(monkeypatch):
+    """With a third of the stars (weights x3) assembled, CG still reaches the direct solve's step;
+    the Schur term is assembled once, over that third of the rows only."""
+    from jointcal_core.fit import schur
+    lin, n_model, n_star, free = _two_slot_problem(seed=18, n_star=1500)
+    star_free = np.array([True, True])
+    direct = solve_step(lin, n_model, n_star, 2, free, star_free)
+    assembled = []
+    original = schur.schur_term
+    monkeypatch.setattr(schur, "schur_term", lambda sub, *a: assembled.append(sub.residual.size) or original(sub, *a))
+    monkeypatch.setattr(refine, "sample_every", lambda n_free, star: 3)
+    cache = {}
+    sampled = solve_step(lin, n_model, n_star, 2, free, star_free, cache=cache)
+    assert len(assembled) == 1 and assembled[0] == np.sum(lin.star % 3 == 0)
+    assert 2 <= cache["cg_iterations"] <= refine.MAX_ITERATIONS
+    _assert_same_step(sampled, direct)
