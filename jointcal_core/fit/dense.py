@@ -47,8 +47,11 @@ def _scale(matrix: np.ndarray, rhs: np.ndarray, describe) -> np.ndarray:
 def _factor(scaled: np.ndarray, overwrite: bool):
     """Lower Cholesky factor of a unit-diagonal matrix, or None when it is (numerically) singular."""
     try:
-        # a large dense factorisation is worth every core (the Fitter runs BLAS on one thread)
-        with threadpool_limits(limits=os.cpu_count() if scaled.shape[0] > 2000 else 1, user_api="blas"):
+        if scaled.shape[0] > 2000:
+            # a large dense factorisation is worth every core (the Fitter runs BLAS on one thread)
+            with threadpool_limits(limits=os.cpu_count(), user_api="blas"):
+                factor = scipy.linalg.cho_factor(scaled, lower=True, check_finite=False, overwrite_a=overwrite)
+        else:       # as the caller runs it (threadpoolctl costs ~3 ms a call: hundreds of blocks)
             factor = scipy.linalg.cho_factor(scaled, lower=True, check_finite=False, overwrite_a=overwrite)
     except np.linalg.LinAlgError:
         return None

@@ -115,6 +115,7 @@ class AstrometryProblem(FitProblem):
         self.ref_active = np.ones(self.n_stars, bool)
         self.freeze_weights = False
         self._frozen: dict = {}
+        self._kept_cols = None      # (key, columns) of the last Jacobian: models/astrometry_rows.py
         s = np.maximum(self.meas_star, 0)
         self.dt_yr, self.parallax_factor = epoch_terms(ccds, meas.ccd, self.t0_mjd, assoc.star_ra_deg[s],
                                                        assoc.star_dec_deg[s], self.fit_parallax)

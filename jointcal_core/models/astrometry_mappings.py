@@ -167,8 +167,11 @@ class SimpleMapping:
     def pixel_order(self, ccd: int) -> int:
         return self.order
 
-    def evaluate(self, params: np.ndarray, ccd: np.ndarray, x: np.ndarray, y: np.ndarray, jacobian: bool = True):
+    def evaluate(self, params: np.ndarray, ccd: np.ndarray, x: np.ndarray, y: np.ndarray, jacobian: bool = True,
+                 columns: bool = True):
         """Map pixels of ccdImages ``ccd`` to their visit tangent planes.
+
+        ``columns=False`` skips ``cols`` (they depend only on ``ccd``: callers may keep them).
 
         Returns
         -------
@@ -185,7 +188,7 @@ class SimpleMapping:
         value, dxy = _apply(b, sx, sy, ccd, coef, self.order)
         if not jacobian:
             return value[:, 0], value[:, 1], dxy, None, None
-        cols = ccd[:, None] * self.k + np.arange(self.k)[None, :]
+        cols = ccd[:, None] * self.k + np.arange(self.k)[None, :] if columns else None
         return value[:, 0], value[:, 1], dxy, cols, [(0, b, None)]
 
     def slots(self, ccd: np.ndarray) -> tuple[tuple, np.ndarray]:
@@ -261,7 +264,8 @@ class ConstrainedMapping:
     def focal_basis(self) -> PolyBasis2D:
         return PolyBasis2D(self.visit_order, self.focal_domain)
 
-    def evaluate(self, params: np.ndarray, ccd: np.ndarray, x: np.ndarray, y: np.ndarray, jacobian: bool = True):
+    def evaluate(self, params: np.ndarray, ccd: np.ndarray, x: np.ndarray, y: np.ndarray, jacobian: bool = True,
+                 columns: bool = True):
         """Same contract as :meth:`SimpleMapping.evaluate`."""
         chip, visit = self.ccd_chip[ccd], self.ccd_visit[ccd]
         uv, duv, bc = self.chip_to_focal(params, chip, x, y)
@@ -276,7 +280,7 @@ class ConstrainedMapping:
         nc, nv = self.nc, self.nv
         k = np.arange(self.k)[None, :]
         cols = np.where(k < 2 * nc, chip[:, None] * 2 * nc + k,
-                        self.visit_offset + visit[:, None] * 2 * nv + (k - 2 * nc))
+                        self.visit_offset + visit[:, None] * 2 * nv + (k - 2 * nc)) if columns else None
         return value[:, 0], value[:, 1], dxy, cols, [(0, bc, dv_duv), (2 * nc, b, None)]
 
     def slots(self, ccd: np.ndarray) -> tuple[tuple, np.ndarray]:

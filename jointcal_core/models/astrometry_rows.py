@@ -90,7 +90,13 @@ def measurement_rows(problem, idx: np.ndarray, jacobian: bool, n_extra: int = 0)
     """
     m = problem.field.measurements
     ccd, star = m.ccd[idx], problem.meas_star[idx]
-    xi_m, eta_m, dxy, cols, pieces = problem.mapping.evaluate(problem.params, ccd, m.x[idx], m.y[idx], jacobian)
+    # the columns depend only on which terms are active: kept between linearisations (read-only),
+    # they are ~1/3 of the derivatives' memory traffic (0.65 GB at 1.7M measurements)
+    key = (idx.tobytes(), n_extra)
+    kept = getattr(problem, "_kept_cols", None)
+    kept = kept[1] if jacobian and kept is not None and kept[0] == key else None
+    xi_m, eta_m, dxy, cols, pieces = problem.mapping.evaluate(problem.params, ccd, m.x[idx], m.y[idx], jacobian,
+                                                              columns=kept is None)
     xi_s, eta_s, d = _common_to_visit(problem, _star_at_epoch(problem, star, idx), ccd, jacobian)
     w = problem._weights(idx, dxy)
     r0, r1 = xi_m - xi_s, eta_m - eta_s
@@ -110,12 +116,20 @@ def measurement_rows(problem, idx: np.ndarray, jacobian: bool, n_extra: int = 0)
         if problem.fit_parallax:
             sv[:, :, 4] = np.einsum("nij,nj->ni", wd, problem.parallax_factor[idx])
         out["star_vals"] = sv.reshape(2 * n, sd)
-        vals = np.zeros((2 * n + n_extra, k))
-        expand_pieces(pieces, n, k, w, out=vals[:2 * n].reshape(n, 2, k))
-        # int32 columns: half the memory of the largest array after the derivatives themselves
-        all_cols = np.zeros((2 * n + n_extra, k), np.int32 if problem.n_model_params < 2 ** 31 else np.int64)
-        all_cols[:2 * n].reshape(n, 2, k)[:] = cols[:, None, :]
-        out["vals"], out["cols"] = vals, all_cols
+        vals = np.empty((2 * n + n_extra, k))
+        vals[2 * n:] = 0.0
+        # the pieces cover every column (SimpleMapping: one piece; constrained: chip and visit)
+        out_vals = vals[:2 * n].reshape(n, 2, k)
+        if sum(2 * basis.shape[1] for _, basis, _ in pieces) != k:
+            out_vals[:] = 0.0
+        expand_pieces(pieces, n, k, w, out=out_vals)
+        if kept is None:
+            # int32 columns: half the memory of the largest array after the derivatives themselves
+            kept = np.zeros((2 * n + n_extra, k), np.int32 if problem.n_model_params < 2 ** 31 else np.int64)
+            kept[:2 * n].reshape(n, 2, k)[:] = cols[:, None, :]
+            kept.flags.writeable = False
+            problem._kept_cols = (key, kept)
+        out["vals"], out["cols"] = vals, kept
     return out
 
 
