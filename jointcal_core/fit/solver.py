@@ -333,7 +333,7 @@ def removed_rows(lin: Linearization, reject_meas: np.ndarray, reject_ref: np.nda
     return removed
 
 
-def resolve_gain(lin: Linearization, removed: np.ndarray, star_free: np.ndarray) -> float:
+def resolve_gain(lin: Linearization, removed: np.ndarray, star_free: np.ndarray, n_model_free: int = 0) -> float:
     """Estimated chi2 decrease of a new solve after rejecting terms at a converged solution.
 
     At a minimum the gradient of chi2 vanishes; without the rejected rows R it becomes
@@ -349,17 +349,23 @@ def resolve_gain(lin: Linearization, removed: np.ndarray, star_free: np.ndarray)
     removed : ndarray of bool, shape (n_rows,)
         The rejected rows (:func:`removed_rows`).
     star_free : ndarray of bool, shape (star_dim,)
+    n_model_free : int
+        Free model parameters. When given, the model's share is added: removing a row of
+        residual r and leverage h lowers the minimum by r^2 h / (1 - h), and the model's leverage
+        of a row is n_model_free / n_rows on average.
 
     Returns
     -------
     float
         Estimated decrease (chi2 units, >= 0).
     """
+    r_removed = lin.residual[removed]
+    model_share = float(r_removed @ r_removed) * min(n_model_free / max(lin.residual.size, 1), 1.0)
     if not np.any(star_free) or lin.star_vals is None:
-        return 0.0
+        return model_share
     stars = np.unique(lin.star[removed & (lin.star >= 0)])
     if stars.size == 0:
-        return 0.0
+        return model_share
     rows = np.flatnonzero(np.isin(lin.star, stars))
     local = np.searchsorted(stars, lin.star[rows])
     w = lin.star_vals[rows][:, star_free]
@@ -368,4 +374,4 @@ def resolve_gain(lin: Linearization, removed: np.ndarray, star_free: np.ndarray)
     blocks = sum_by_index(local, kept_w[:, :, None] * kept_w[:, None, :], stars.size)
     grad = -sum_by_index(local, np.where(gone[:, None], w * lin.residual[rows, None], 0.0), stars.size)
     cinv = _invert_blocks(blocks)
-    return float(max(np.einsum("ni,nij,nj->", grad, cinv, grad), 0.0))
+    return float(max(np.einsum("ni,nij,nj->", grad, cinv, grad), 0.0)) + model_share

@@ -250,6 +250,14 @@ def test_resolve_gain_estimates_the_refit_after_rejection():
                      problem.model_param_mask(FitGroup.MODEL), np.array([True]))
     assert 0 < gain <= sol.predicted_decrease * (1 + 1e-9)
     assert gain > 0.8 * sol.predicted_decrease
+    # with the model's average share of the leverage added (what the Fitter uses): closer still
+    n_model = int(problem.model_param_mask(FitGroup.MODEL).sum())
+    problem.active[worst] = True
+    lin = problem.linearize()
+    full = resolve_gain(lin, removed_rows(lin, np.array([worst]), np.zeros(0, np.int64)), np.array([True]),
+                        n_model_free=n_model)
+    assert abs(full - sol.predicted_decrease) < abs(gain - sol.predicted_decrease)
+    assert full == pytest.approx(sol.predicted_decrease, rel=0.1)
 
 
 def test_solver_plan_is_built_once_across_steps_and_outlier_passes(monkeypatch):
