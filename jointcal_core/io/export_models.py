@@ -17,6 +17,7 @@ its fidelity must agree with the numpy figures to 0.01 mas.
 from __future__ import annotations
 
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -206,6 +207,24 @@ def _write_model_files(tmp: Path, joint, inputs: ExportInputs | None) -> None:
     exported = _export_headers(calibration, rows)
     verify = set(verification_sample(rows).tolist())
     order, groups = _group_slices(ccd.visit[rows])
+    # thousands of small files: creating them is mostly waiting on the filesystem, which two
+    # threads overlap (measured 2.3 -> 0.6-0.9 s for 5150 files)
+    with ThreadPoolExecutor(max_workers=2) as writer:
+        pending = []
+        _write_visits(tmp, joint, rows, exported, verify, order, groups, zp_centre, writer, pending)
+        for future in pending:
+            future.result()         # the first failure, as an OutputError naming its file
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    try:
+        path.write_bytes(data)
+    except OSError as err:
+        raise OutputError(f"cannot write the WCS file: {err}", path=str(path)) from err
+
+
+def _write_visits(tmp, joint, rows, exported, verify, order, groups, zp_centre, writer, pending) -> None:
+    ccd = joint.prepared.field.ccd_images
     for visit, sel in groups.items():
         visit_rows = [int(i) for i in rows[order[sel]]]
         blocks = []
@@ -222,15 +241,12 @@ def _write_model_files(tmp: Path, joint, inputs: ExportInputs | None) -> None:
             size = card("IMAGEW", int(round(x1 - x0)), "[pix] CCD width (NAXIS1 of the image)") + \
                 card("IMAGEH", int(round(y1 - y0)), "[pix] CCD height (NAXIS2 of the image)")
             path = tmp / "wcs" / f"{visit}-{ccd.detector[i]}.fits"
-            try:
-                path.write_bytes(header_only_fits_bytes(size + sip_text))
-            except OSError as err:
-                raise OutputError(f"cannot write the WCS file: {err}", path=str(path)) from err
+            pending.append(writer.submit(_write_bytes, path, header_only_fits_bytes(size + sip_text)))
             blocks.append([tpv_text[k:k + 80] for k in range(0, len(tpv_text), 80)])
         photometry = None
         if zp_centre is not None:
             photometry = scamp_photometry([zp_centre[i] for i in visit_rows])
-        write_scamp_head_text(tmp / "scamp" / f"{visit}.head", blocks, photometry)
+        pending.append(writer.submit(write_scamp_head_text, tmp / "scamp" / f"{visit}.head", blocks, photometry))
 
 
 def _export_headers(calibration: Calibration, rows: np.ndarray) -> dict:

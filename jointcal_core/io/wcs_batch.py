@@ -24,6 +24,8 @@ the batched forward products move them by up to ~1e-5 relative; as polynomials t
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +39,25 @@ __all__ = ["SampleBatch", "batch_start_orders", "tan_sip_batch", "tpv_batch"]
 
 #: rows (CCDs) handled per array step: keeps the (rows, points, terms) arrays at ~10-30 MB
 _ROWS = 128
+
+
+def _threads() -> int:
+    """Threads for the chunks of a batch: ``JOINTCAL_THREADS`` or the CPU count, at most 4. The
+    chunks are independent and numpy releases the GIL in their products and SVDs."""
+    try:
+        n = int(os.environ.get("JOINTCAL_THREADS", "0"))
+    except ValueError:
+        n = 0
+    return max(1, min(n if n > 0 else (os.cpu_count() or 1), 4))
+
+
+def _map_chunks(func, chunks: list) -> list:
+    """``[func(c) for c in chunks]``, on threads when there are several chunks (order kept)."""
+    n = min(_threads(), len(chunks))
+    if n <= 1:
+        return [func(c) for c in chunks]
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        return list(pool.map(func, chunks))
 
 
 @dataclass(frozen=True)
@@ -230,9 +251,9 @@ def _search_orders(b: SampleBatch, starts, max_order: int, rms_mas: float, max_m
     for order in range(int(starts.min()) if n else 1, max_order + 1):
         active = pending[starts[pending] <= order]
         done = np.zeros(0, int)
-        for a in range(0, active.size, _ROWS):
-            rows = active[a:a + _ROWS]
-            payload, rms, worst, inverse = step(rows, order)
+        chunks = [active[a:a + _ROWS] for a in range(0, active.size, _ROWS)]
+        results = _map_chunks(lambda rows: step(rows, order), chunks)
+        for rows, (payload, rms, worst, inverse) in zip(chunks, results):
             meets = (rms <= rms_mas) & (worst <= max_mas)
             better = _better(rms, worst, meets, best_rms[rows], best_max[rows])
             for k in np.flatnonzero(better):
