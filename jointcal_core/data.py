@@ -163,22 +163,33 @@ class CcdImages(_Columns):
         """Centre of every CCD in pixels, shape (n, 2)."""
         return np.column_stack([(self.bbox[:, 0] + self.bbox[:, 2]) / 2, (self.bbox[:, 1] + self.bbox[:, 3]) / 2])
 
+    def _memo(self, name: str, compute) -> np.ndarray:
+        """``compute()`` once per CcdImages (the WCS and bboxes never change; a copy is returned)."""
+        memo = self.__dict__.setdefault("_memo_by_name", {})
+        if name not in memo:
+            memo[name] = compute()
+        return memo[name].copy()
+
     def corners_deg(self) -> np.ndarray:
         """Sky corners of every CCD from its initial WCS, shape (n, 4, 2) as (ra, dec) in deg."""
-        out = np.empty((len(self), 4, 2))
-        for i, w in enumerate(self.wcs):
-            x0, y0, x1, y1 = self.bbox[i]
-            ra, dec = w.all_pix2world([x0, x1, x1, x0], [y0, y0, y1, y1], 0)
-            out[i, :, 0], out[i, :, 1] = ra, dec
-        return out
+        def compute():
+            out = np.empty((len(self), 4, 2))
+            for i, w in enumerate(self.wcs):
+                x0, y0, x1, y1 = self.bbox[i]
+                ra, dec = w.all_pix2world([x0, x1, x1, x0], [y0, y0, y1, y1], 0)
+                out[i, :, 0], out[i, :, 1] = ra, dec
+            return out
+        return self._memo("corners_deg", compute)
 
     def centers_deg(self) -> np.ndarray:
         """Sky position of every CCD centre from its initial WCS, shape (n, 2) (ra, dec) deg."""
-        c = self.centers_pix()
-        out = np.empty((len(self), 2))
-        for i, w in enumerate(self.wcs):
-            out[i] = np.ravel(w.all_pix2world(c[i, 0], c[i, 1], 0))
-        return out
+        def compute():
+            c = self.centers_pix()
+            out = np.empty((len(self), 2))
+            for i, w in enumerate(self.wcs):
+                out[i] = np.ravel(w.all_pix2world(c[i, 0], c[i, 1], 0))
+            return out
+        return self._memo("centers_deg", compute)
 
     def visit_centers_deg(self) -> dict[int, tuple[float, float]]:
         """Tangent point of each visit: the boresight when known, else the mean CCD centre."""
