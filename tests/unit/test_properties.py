@@ -202,8 +202,13 @@ def test_association_invariants(radius, min_meas, keep_fraction, seed, with_refe
     assert pairs.shape[0] == np.count_nonzero(on)
     # minMeasurements unless matched to a reference star
     assert np.all((a.star_n_measurements >= min_meas) | (a.star_ref >= 0))
-    # each measurement within associationRadius of its star's mean position (field tangent plane)
+    # each measurement joined its star within associationRadius of the star's running mean
+    # (association.py); every later measurement j moves that mean by at most radius / j, so the
+    # final mean is within radius x H_n (harmonic number of the star's n measurements) of it.
+    # (Found by hypothesis: radius 0.25", a measurement 0.28" from its star's final mean.)
     mx, my = sky_to_tangent(a.meas_ra_deg[on], a.meas_dec_deg[on], *a.field_center_deg)
     sx, sy = sky_to_tangent(a.star_ra_deg, a.star_dec_deg, *a.field_center_deg)
     dist_arcsec = np.hypot(mx - sx[star[on]], my - sy[star[on]]) * 3600
-    assert np.all(dist_arcsec <= radius * (1 + 1e-6)), dist_arcsec.max()
+    harmonic = np.cumsum(1.0 / np.arange(1, max(int(a.star_n_measurements.max(initial=1)), 1) + 1))
+    bound = radius * harmonic[a.star_n_measurements[star[on]] - 1]
+    assert np.all(dist_arcsec <= bound * (1 + 1e-6)), (dist_arcsec - bound).max()
