@@ -23,13 +23,19 @@ FIT_TIMEOUT_MS = 120_000
 
 #: total rows of the chi2 plot's marker source (the one holding both chi2_ndof and status)
 _CHI2_POINTS_JS = """() => {
-    let n = -1;
+    // the chi2 sources drawn by a live renderer, each once (a replaced source can linger in
+    // doc.all_models until bokeh collects it, and a source can feed several glyphs)
+    const sources = new Set();
     for (const doc of Bokeh.documents) {
         for (const m of doc.all_models) {
-            const d = m.data;
-            if (d && d.chi2_ndof !== undefined && d.status !== undefined) { n = Math.max(n, 0) + d.chi2_ndof.length; }
+            const d = m.data_source && m.data_source.data;
+            if (d && d.chi2_ndof !== undefined && d.status !== undefined && Bokeh.index.find_one(m) != null) {
+                sources.add(m.data_source);
+            }
         }
     }
+    let n = sources.size ? 0 : -1;
+    for (const s of sources) { n += s.data.chi2_ndof.length; }
     return n;
 }"""
 
