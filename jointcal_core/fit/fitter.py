@@ -50,6 +50,12 @@ __all__ = ["Fitter", "FitStep", "FitStatus"]
 
 log = logging.getLogger(__name__)
 
+#: a new solve after an outlier pass is skipped only when it would lower chi2 by less than this
+#: (and by less than the relative tolerance): the model would move by less than about one
+#: standard error. Skipping by the relative tolerance alone (7e2 at tract size) left the model
+#: 5 % further from the truth on the simulated tract field.
+RESOLVE_GAIN_LIMIT = 1.0
+
 
 class FitStatus(enum.Enum):
     """What a step did."""
@@ -387,7 +393,7 @@ class Fitter:
         gain = (resolve_gain(lin, removed, problem.star_param_mask(self._final_groups),
                              n_model_free=int(problem.model_param_mask(self._final_groups).sum()))
                 if self._settled and self._has_jacobian else np.inf)
-        self._settled = gain < self.tolerance * max(chi2_after, 1e-300)
+        self._settled = gain < min(self.tolerance * max(chi2_after, 1e-300), RESOLVE_GAIN_LIMIT)
         forget_rows(self._solver_cache, removed)
         problem.deactivate(reject_meas, reject_ref)
         self._n_outliers_total += n

@@ -26,6 +26,9 @@ __all__ = ["Factor", "factorize", "preconditioned_cg", "sample_every"]
 # (the next one corrects it): this leaves chi2 above the step's exact minimum by 1e-12 of the
 # step's decrease, and moves the fitted model by 1e-6 of the step
 TOLERANCE = 1e-6
+# ... or when the chi2 decrease the step still misses is below this (chi2 units): the small
+# corrections after an outlier pass need no relative accuracy beyond a hundredth of a unit
+ABSOLUTE_TOLERANCE = 1e-2
 # passes over the rows allowed before giving up (a new assembly costs about 15-30 of them)
 MAX_ITERATIONS = 20
 
@@ -81,7 +84,8 @@ def preconditioned_cg(apply, rhs: np.ndarray, factor: Factor, tolerance: float =
         Preconditioner (a factorisation of a matrix close to S).
     tolerance : float
         Stop when ``sqrt(r^T M^-1 r / rhs^T M^-1 rhs)`` falls below it (M: the preconditioner):
-        with M close to S this is the relative error of x in the S-norm.
+        with M close to S this is the relative error of x in the S-norm. Also stop when
+        ``r^T M^-1 r`` (the chi2 decrease still missed) is below ``ABSOLUTE_TOLERANCE``.
     max_iterations : int, optional
         Default ``MAX_ITERATIONS``.
 
@@ -101,7 +105,8 @@ def preconditioned_cg(apply, rhs: np.ndarray, factor: Factor, tolerance: float =
         return None, 0
     if rz == 0:
         return x, 0
-    target = tolerance ** 2 * rz
+    # r^T M^-1 r ~ r^T S^-1 r: the chi2 decrease the current x still misses
+    target = max(tolerance ** 2 * rz, ABSOLUTE_TOLERANCE)
     p = z.copy()
     for k in range(1, max_iterations + 1):
         sp = apply(p)

@@ -10,6 +10,14 @@ from jointcal_core.fit import refine
 from jointcal_core.fit.solver import forget_rows
 
 
+@pytest.fixture(autouse=True)
+def exact_cg(monkeypatch):
+    """CG to its relative tolerance only: these small problems' steps lower chi2 by ~1e2, so the
+    absolute floor (a missed decrease of 0.01) would stop it before the steps can be compared
+    entry by entry (that floor is tested on its own below)."""
+    monkeypatch.setattr(refine, "ABSOLUTE_TOLERANCE", 0.0)
+
+
 def test_sum_by_index_equals_add_at():
     rng = np.random.default_rng(3)
     index = rng.integers(0, 50, 1000)
@@ -235,3 +243,21 @@ def test_first_step_at_scale_is_preconditioned_by_a_sample_of_the_stars(monkeypa
     assert len(assembled) == 1 and assembled[0] == np.sum(lin.star % 3 == 0)
     assert 2 <= cache["cg_iterations"] <= refine.MAX_ITERATIONS
     _assert_same_step(sampled, direct)
+
+
+def test_cg_stops_once_the_missed_chi2_decrease_is_below_the_absolute_tolerance(monkeypatch):
+    """With the floor, a later step stops as soon as the chi2 decrease it misses is < 0.01: its
+    predicted decrease is within 0.01 of the exact step's, in fewer passes."""
+    lin, n_model, n_star, free = _two_slot_problem(seed=20)
+    star_free = np.array([True, True])
+    near = _perturbed(lin, seed=3, size=0.05)
+    exact = solve_step(near, n_model, n_star, 2, free, star_free)
+    passes = {}
+    for floor in (0.0, 1e-2):
+        monkeypatch.setattr(refine, "ABSOLUTE_TOLERANCE", floor)
+        cache = {}
+        solve_step(lin, n_model, n_star, 2, free, star_free, cache=cache)
+        step = solve_step(near, n_model, n_star, 2, free, star_free, cache=cache)
+        passes[floor] = cache["cg_iterations"]
+        assert exact.predicted_decrease - step.predicted_decrease < max(floor, 1e-9 * exact.predicted_decrease)
+    assert passes[1e-2] < passes[0.0]
