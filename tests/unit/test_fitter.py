@@ -272,3 +272,20 @@ def test_solver_plan_is_built_once_across_steps_and_outlier_passes(monkeypatch):
     steps = Fitter(problem, outlier_sigma=5).run()
     assert sum(s.status is FitStatus.OUTLIERS_REJECTED for s in steps) >= 2
     assert len(built) == 1
+
+
+def test_a_star_whose_reference_is_wrong_loses_its_reference_not_its_measurements():
+    """A reference magnitude 0.3 mag off with an error 10x smaller than the measurements': the
+    star's flux follows the reference and all four measurements exceed the cut. The pass
+    rejects the reference term (the odd one out) in one go and keeps the four measurements;
+    the worst-term rule alone would take them one per pass."""
+    problem, _, true_mag, _ = make_problem(seed=9)
+    star = 3 * 7                                   # a star with a reference term (every third)
+    k = int(np.flatnonzero(problem.ref_star == star)[0])
+    problem.ref_mag[k] = true_mag[star] + 0.3
+    problem.ref_sigma[k] = 0.001
+    steps = Fitter(problem, outlier_sigma=5).run()
+    assert not problem.ref_active[k]
+    assert np.all(problem.active[problem.star_of == star])
+    assert abs(problem.star_mag[star, 0] - true_mag[star]) < 0.02
+    assert sum(s.status is FitStatus.OUTLIERS_REJECTED for s in steps) <= 2
