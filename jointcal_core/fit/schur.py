@@ -14,11 +14,11 @@ measurements.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ..threads import worker_threads
 from .normal import Plan, _single_threaded_blas, segments
 from .problem import Linearization
 
@@ -189,13 +189,9 @@ def schur_term(lin: Linearization, plan: Plan, n_free: int, z: np.ndarray) -> np
 
 
 def _threads(n_tasks: int) -> int:
-    """Worker threads for the Schur products: ``JOINTCAL_THREADS`` or the CPU count, at most 4."""
-    try:
-        n = int(os.environ.get("JOINTCAL_THREADS", "0"))
-    except ValueError:
-        n = 0
-    n = n if n > 0 else min(os.cpu_count() or 1, 4)
-    return max(1, min(n, n_tasks // 64 or 1))
+    """Worker threads for the Schur products: :func:`~jointcal_core.threads.worker_threads`,
+    fewer when there are few block pairs (a thread per 64)."""
+    return max(1, min(worker_threads(), n_tasks // 64 or 1))
 
 
 def _as_index(cols: np.ndarray):

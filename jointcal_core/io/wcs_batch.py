@@ -24,13 +24,13 @@ the batched forward products move them by up to ~1e-5 relative; as polynomials t
 from __future__ import annotations
 
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..projection import angular_separation_arcsec, tangent_to_sky
+from ..threads import worker_threads
 from .wcs_cards import CcdSamples, _grid_operators
 from .wcs_fits import FidelityReport, _terms, monomial_design
 from .wcs_text import rounded_floats, sip_texts, tpv_texts
@@ -41,19 +41,10 @@ __all__ = ["SampleBatch", "batch_start_orders", "tan_sip_batch", "tpv_batch"]
 _ROWS = 128
 
 
-def _threads() -> int:
-    """Threads for the chunks of a batch: ``JOINTCAL_THREADS`` or the CPU count, at most 4. The
-    chunks are independent and numpy releases the GIL in their products and SVDs."""
-    try:
-        n = int(os.environ.get("JOINTCAL_THREADS", "0"))
-    except ValueError:
-        n = 0
-    return max(1, min(n if n > 0 else (os.cpu_count() or 1), 4))
-
-
 def _map_chunks(func, chunks: list) -> list:
-    """``[func(c) for c in chunks]``, on threads when there are several chunks (order kept)."""
-    n = min(_threads(), len(chunks))
+    """``[func(c) for c in chunks]``, on threads when there are several chunks (order kept): the
+    chunks are independent and numpy releases the GIL in their products and SVDs."""
+    n = min(worker_threads(), len(chunks))
     if n <= 1:
         return [func(c) for c in chunks]
     with ThreadPoolExecutor(max_workers=n) as pool:
