@@ -22,7 +22,7 @@ from threadpoolctl import threadpool_limits
 from ..exceptions import ModelConstraintError, NonFiniteError
 from .refine import Factor
 
-__all__ = ["cholesky_solve", "solve_eliminating", "DEGENERATE", "PIVOT"]
+__all__ = ["DEGENERATE", "PIVOT", "cholesky_solve", "solve_eliminating"]
 
 # relative size of the pivot below which a parameter counts as unconstrained
 DEGENERATE = 1e-12

@@ -43,10 +43,11 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from ..exceptions import DivergenceError, NonFiniteError
-from .problem import FitGroup, FitProblem, Linearization, Stage
+from .outliers import find_outliers
+from .problem import FitProblem, Linearization, Stage
 from .solver import forget_rows, removed_rows, resolve_gain, solve_step
 
-__all__ = ["Fitter", "FitStep", "FitStatus"]
+__all__ = ["FitStatus", "FitStep", "Fitter"]
 
 log = logging.getLogger(__name__)
 
@@ -350,41 +351,8 @@ class Fitter:
 
     def _find_outliers(self, lin: Linearization):
         """Measurements and reference terms (by star) to reject, and the chi2 cut."""
-        problem = self.problem
-        ndof = self._ndof(lin)
-        reduced = lin.chi2 / ndof if ndof > 0 else 1.0
-        cut = self.outlier_sigma ** 2 * max(reduced, 1.0)
-        meas_chi2 = lin.chi2_per_measurement(problem.n_measurements)
-        ref_chi2 = lin.chi2_per_reference(problem.n_stars)
-        star_of_meas = problem.measurement_star()
-        # candidates: (chi2, star, is_reference, index)
-        m_idx = np.flatnonzero(meas_chi2 > cut)
-        r_idx = np.flatnonzero(ref_chi2 > cut)
-        chi2 = np.concatenate([meas_chi2[m_idx], ref_chi2[r_idx]])
-        stars = np.concatenate([star_of_meas[m_idx], r_idx])
-        is_ref = np.concatenate([np.zeros(m_idx.size, bool), np.ones(r_idx.size, bool)])
-        index = np.concatenate([m_idx, r_idx])
-        order = np.argsort(-chi2, kind="stable")
-        # the worst term of each star only (stars < 0 are independent of each other)
-        keys = np.where(stars[order] >= 0, stars[order], -1 - np.arange(order.size))
-        _, first = np.unique(keys, return_index=True)
-        chosen = order[first]
-        reject_meas, reject_ref = index[chosen][~is_ref[chosen]], index[chosen][is_ref[chosen]]
-        # a star most of whose measurements (at least 3) are above the cut disagrees with its
-        # reference, not with itself: reject the reference term instead (one pass, one re-solve)
-        # rather than its measurements one per pass (the worst-term rule alone took 56 passes and
-        # threw away 56 good measurements of one such star on the simulated 200-visit field)
-        n_stars = problem.n_stars
-        measured = star_of_meas[star_of_meas >= 0]
-        n_meas = np.bincount(measured, minlength=n_stars)
-        bad = star_of_meas[m_idx]
-        n_bad = np.bincount(bad[bad >= 0], minlength=n_stars)
-        has_ref = np.bincount(lin.ref_star[lin.ref_star >= 0], minlength=n_stars) > 0
-        against_ref = np.flatnonzero(has_ref & (n_meas >= 3) & (2 * n_bad > n_meas))
-        if against_ref.size:
-            reject_meas = reject_meas[~np.isin(star_of_meas[reject_meas], against_ref)]
-            reject_ref = np.union1d(reject_ref, against_ref)
-        return reject_meas, reject_ref, cut
+        return find_outliers(lin, self.problem, self._ndof(lin), self.outlier_sigma)
+
 
     def _outlier_pass(self, t0: float) -> FitStep:
         problem = self.problem

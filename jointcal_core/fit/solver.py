@@ -14,22 +14,19 @@ full system with CHOLMOD, which is what this is measured against (benchmarks/).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.linalg
 import scipy.sparse as sp
-from threadpoolctl import threadpool_limits
 
 from ..exceptions import ModelConstraintError, NonFiniteError
+from . import refine
+from .dense import DEGENERATE, cholesky_solve, solve_eliminating
 from .normal import sum_by_index
 from .problem import Linearization
-from .dense import DEGENERATE, cholesky_solve, solve_eliminating
-from . import refine
 from .refine import preconditioned_cg
 
-__all__ = ["SolveResult", "solve_step", "forget_rows", "removed_rows", "resolve_gain"]
+__all__ = ["SolveResult", "forget_rows", "removed_rows", "resolve_gain", "solve_step"]
 
 
 
