@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
-__all__ = ["Factor", "factorize", "preconditioned_cg", "sample_every"]
+__all__ = ["Factor", "preconditioned_cg", "sample_every"]
 
 # relative accuracy of the solution in the energy norm. A Gauss-Newton step need not be exact
 # (the next one corrects it): this leaves chi2 above the step's exact minimum by 1e-12 of the
@@ -126,12 +126,3 @@ def preconditioned_cg(apply, rhs: np.ndarray, factor: Factor, tolerance: float =
         rz = rz_new
     return None, max_iterations
 
-
-def factorize(matrix: np.ndarray, describe) -> Factor:
-    """:class:`Factor` of a symmetric positive definite matrix (overwritten), with the degeneracy
-    checks of :func:`~jointcal_core.fit.dense.cholesky_solve`."""
-    from .dense import cholesky_solve
-
-    keep: dict = {}
-    cholesky_solve(matrix, np.zeros(matrix.shape[0]), describe, keep=keep)
-    return keep["factor"]

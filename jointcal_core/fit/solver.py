@@ -21,10 +21,9 @@ import scipy.sparse as sp
 
 from ..exceptions import ModelConstraintError, NonFiniteError
 from . import refine
-from .dense import DEGENERATE, cholesky_solve, solve_eliminating
+from .dense import DEGENERATE, cholesky_solve, factorize, solve_eliminating
 from .normal import sum_by_index
 from .problem import Linearization
-from .refine import preconditioned_cg
 
 __all__ = ["SolveResult", "forget_rows", "removed_rows", "resolve_gain", "solve_step"]
 
@@ -249,7 +248,6 @@ def _solve_blocks(lin, free_index, n_free, n_stars, star_free, describe_free, ca
     # rhs = g_m - B C^-1 g_s = sum_rows V_row (r_row - w_row . q_star)
     wq = np.where(with_star, np.einsum("ni,ni->n", w, q[star]), 0.0)
     rhs = normal.accumulate_gradient(lin, plan, n_free, r - wq)
-    dm = None
     def apply(x):
         """The reduced matrix times x, by passes over the rows (fit/refine.py)."""
         u = normal.rows_dot_model(lin, plan, x)
@@ -284,12 +282,12 @@ def _solve_blocks(lin, free_index, n_free, n_stars, star_free, describe_free, ca
             # `every`-th star (fit/refine.py), a fraction of the cost of assembling all of them
             rows = np.flatnonzero(~with_star | (lin.star % every == 0))
             try:
-                cache["factor"] = refine.factorize(reduced_matrix(rows, float(every)), describe_free)
+                cache["factor"] = factorize(reduced_matrix(rows, float(every)), describe_free)
             except ModelConstraintError:
                 pass        # the sample leaves a parameter free: assemble everything below
     if cache is not None and "factor" in cache:
         # later steps of the stage: the last factorisation preconditions CG
-        solved, cache["cg_iterations"] = preconditioned_cg(apply, rhs, cache["factor"])
+        solved, cache["cg_iterations"] = refine.preconditioned_cg(apply, rhs, cache["factor"])
         dm = None if solved is None else -solved
     if dm is None:
         dm = -cholesky_solve(reduced_matrix(), rhs, describe_free, keep=cache)
