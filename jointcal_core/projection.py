@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["sky_to_tangent", "tangent_to_sky", "sky_to_tangent_jacobian", "angular_separation_arcsec"]
+__all__ = ["sky_to_tangent", "tangent_to_sky", "sky_to_tangent_jacobian", "angular_separation_arcsec",
+           "tangent_basis", "change_tangent_point"]
 
 
 def sky_to_tangent(ra_deg, dec_deg, ra0_deg: float, dec0_deg: float):
@@ -88,3 +89,60 @@ def angular_separation_arcsec(ra1_deg, dec1_deg, ra2_deg, dec2_deg):
                    np.cos(dec1) * np.sin(dec2) - np.sin(dec1) * np.cos(dec2) * np.cos(dra))
     den = np.sin(dec1) * np.sin(dec2) + np.cos(dec1) * np.cos(dec2) * np.cos(dra)
     return np.degrees(np.arctan2(num, den)) * 3600.0
+
+
+def tangent_basis(ra0_deg, dec0_deg) -> np.ndarray:
+    """Unit vectors (east, north, tangent point) of the tangent plane at (ra0, dec0), as rows.
+
+    A sky direction ``s`` (unit vector, equatorial) projects to ``xi = s.east / s.centre`` and
+    ``eta = s.north / s.centre`` (radians), so ``(xi, eta, 1)`` is proportional to ``basis @ s``.
+
+    Returns
+    -------
+    ndarray, shape (..., 3, 3)
+    """
+    ra0, dec0 = np.radians(np.asarray(ra0_deg, float)), np.radians(np.asarray(dec0_deg, float))
+    sr, cr, sd, cd = np.sin(ra0), np.cos(ra0), np.sin(dec0), np.cos(dec0)
+    zero = np.zeros_like(sr)
+    rows = [[-sr, cr, zero], [-sd * cr, -sd * sr, cd], [cd * cr, cd * sr, sd]]
+    return np.stack([np.stack(r, axis=-1) for r in rows], axis=-2)
+
+
+def change_tangent_point(xi_deg, eta_deg, rotation: np.ndarray, jacobian: bool = False):
+    """Tangent-plane coordinates moved to another tangent point, without trigonometry.
+
+    Between two gnomonic projections of the sphere the map is a homography: with
+    ``rotation = basis_B @ basis_A.T`` (:func:`tangent_basis`), ``(a, b, c) = rotation @ (xi, eta, 1)``
+    gives ``xi_B = a / c`` and ``eta_B = b / c`` (radians). The same as ``tangent_to_sky`` on A
+    then ``sky_to_tangent`` on B, to rounding, at a fraction of the cost.
+
+    Parameters
+    ----------
+    xi_deg, eta_deg : ndarray, shape (n,)
+        Positions on tangent plane A, degrees.
+    rotation : ndarray, shape (3, 3) or (n, 3, 3)
+    jacobian : bool
+        Also return d(xi_B, eta_B) / d(xi_A, eta_A), shape (n, 2, 2).
+
+    Returns
+    -------
+    xi_deg, eta_deg : ndarray, shape (n,)
+        On plane B; NaN 90 degrees or more from B's tangent point (as :func:`sky_to_tangent`).
+    jac : ndarray, shape (n, 2, 2) or None
+    """
+    x, y = np.radians(xi_deg), np.radians(eta_deg)
+    r = np.asarray(rotation, float)
+    a = r[..., 0, 0] * x + r[..., 0, 1] * y + r[..., 0, 2]
+    b = r[..., 1, 0] * x + r[..., 1, 1] * y + r[..., 1, 2]
+    c = r[..., 2, 0] * x + r[..., 2, 1] * y + r[..., 2, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv_c = np.where(c > 0, 1.0 / c, np.nan)
+    xi_b, eta_b = a * inv_c, b * inv_c
+    jac = None
+    if jacobian:
+        jac = np.empty(np.shape(xi_b) + (2, 2))
+        jac[..., 0, 0] = (r[..., 0, 0] - xi_b * r[..., 2, 0]) * inv_c
+        jac[..., 0, 1] = (r[..., 0, 1] - xi_b * r[..., 2, 1]) * inv_c
+        jac[..., 1, 0] = (r[..., 1, 0] - eta_b * r[..., 2, 0]) * inv_c
+        jac[..., 1, 1] = (r[..., 1, 1] - eta_b * r[..., 2, 1]) * inv_c
+    return np.degrees(xi_b), np.degrees(eta_b), jac

@@ -17,9 +17,9 @@ import os
 
 import numpy as np
 import scipy.linalg
-from threadpoolctl import threadpool_limits
 
 from ..exceptions import ModelConstraintError, NonFiniteError
+from ..threads import blas_threads
 from .refine import Factor
 
 __all__ = ["DEGENERATE", "PIVOT", "cholesky_solve", "factorize", "solve_eliminating"]
@@ -49,9 +49,9 @@ def _factor(scaled: np.ndarray, overwrite: bool):
     try:
         if scaled.shape[0] > 2000:
             # a large dense factorisation is worth every core (the Fitter runs BLAS on one thread)
-            with threadpool_limits(limits=os.cpu_count(), user_api="blas"):
+            with blas_threads(os.cpu_count()):
                 factor = scipy.linalg.cho_factor(scaled, lower=True, check_finite=False, overwrite_a=overwrite)
-        else:       # as the caller runs it (threadpoolctl costs ~3 ms a call: hundreds of blocks)
+        else:       # with the caller's BLAS threads (hundreds of small blocks)
             factor = scipy.linalg.cho_factor(scaled, lower=True, check_finite=False, overwrite_a=overwrite)
     except np.linalg.LinAlgError:
         return None

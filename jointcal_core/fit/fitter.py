@@ -40,9 +40,9 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from ..exceptions import DivergenceError, NonFiniteError
+from ..threads import blas_threads
 from .outliers import find_outliers
 from .problem import FitProblem, Linearization, Stage
 from .solver import forget_rows, removed_rows, resolve_gain, solve_step
@@ -229,7 +229,9 @@ class Fitter:
         return self._stage_index == len(self._stages) - 1
 
     def _evaluate(self, jacobian: bool) -> Linearization:
-        lin = self.problem.linearize(jacobian=jacobian)
+        # one BLAS thread, as for the solve: many small products, on worker threads already
+        with blas_threads(1):
+            lin = self.problem.linearize(jacobian=jacobian)
         if not np.all(np.isfinite(lin.residual)):
             n_bad = int(np.sum(~np.isfinite(lin.residual)))
             meas = lin.meas[~np.isfinite(lin.residual)] if lin.meas is not None else np.array([])
@@ -295,7 +297,7 @@ class Fitter:
         best = problem.get_state()
         # one BLAS thread: the solve is many small products plus one modest Cholesky, and a
         # multithreaded BLAS on a shared 2-core machine was measured 10-30x slower on them
-        with threadpool_limits(limits=1, user_api="blas"):
+        with blas_threads(1):
             sol = solve_step(lin, problem.n_model_params, problem.n_stars, problem.star_dim,
                              problem.model_param_mask(groups), problem.star_param_mask(groups),
                              describe=problem.describe_model_param, cache=self._solver_cache)
@@ -352,7 +354,6 @@ class Fitter:
     def _find_outliers(self, lin: Linearization):
         """Measurements and reference terms (by star) to reject, and the chi2 cut."""
         return find_outliers(lin, self.problem, self._ndof(lin), self.outlier_sigma)
-
 
     def _outlier_pass(self, t0: float) -> FitStep:
         problem = self.problem

@@ -25,10 +25,11 @@ term lives in fit/schur.py.
 from __future__ import annotations
 
 import functools
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
+from ..threads import blas_threads, worker_threads
 from .problem import Linearization
 
 __all__ = ["BlockStructure", "block_structure", "Plan", "normal_matrix", "accumulate_gradient",
@@ -40,7 +41,7 @@ def _single_threaded_blas(func):
     start-up and contention with a multithreaded BLAS (measured on the 2-core machine)."""
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        with threadpool_limits(limits=1, user_api="blas"):
+        with blas_threads(1):
             return func(*args, **kwargs)
     return wrapper
 
@@ -209,34 +210,78 @@ class Plan:
         return vals[0] if len(vals) == 1 else np.concatenate(vals, axis=1)
 
 
+#: the normal groups are summed in this many parts (a fixed number, so that the sums, and the
+#: fit's results to the last bit, do not depend on the number of threads running them)
+_N_PARTS = 4
+#: largest normal matrix summed per part (bytes of each part's copy)
+_MAX_COPY_BYTES = 64 * 2 ** 20
+
+
+def _parts(groups: list, n_parts: int = _N_PARTS) -> list[list]:
+    """The normal groups cut into ``n_parts`` runs of about equal row counts."""
+    if n_parts <= 1 or len(groups) < 2 * n_parts:
+        return [groups]
+    sizes = np.array([(g[0].stop - g[0].start) if isinstance(g[0], slice) else g[0].size for g in groups])
+    cuts = np.searchsorted(np.cumsum(sizes), sizes.sum() * np.arange(1, n_parts) / n_parts)
+    return [groups[a:b] for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(groups)]) if b > a]
+
+
+def _threaded(work, parts: list):
+    """The sum of ``work(part)`` over the parts, in part order, the parts run on the worker
+    threads (numpy and the single-threaded BLAS release the GIL in the products)."""
+    if len(parts) == 1:
+        return work(parts[0])
+    with ThreadPoolExecutor(max_workers=min(worker_threads(), len(parts))) as pool:
+        results = list(pool.map(work, parts))
+    if results[0] is None:
+        return None
+    for r in results[1:]:
+        results[0] += r
+    return results[0]
+
+
 @_single_threaded_blas
 def normal_matrix(lin: Linearization, plan: Plan, n_free: int) -> np.ndarray:
     """Dense ``Jm^T Jm`` over the free parameters.
 
     Rows are grouped by the tuple of their blocks in every slot (e.g. (chip, visit) = one
-    ccdImage); each group adds one ``V^T V`` over the concatenated columns of its blocks.
+    ccdImage); each group adds one ``V^T V`` over the concatenated columns of its blocks. The
+    groups are summed in parts on the worker threads, each part into its own matrix when that
+    copy is small (else in one part).
     """
-    a = np.zeros((n_free, n_free))
-    for group in plan.normal_groups():
-        v = plan.group_vals(lin.model_vals, group)
-        cols = group[2]
-        a[np.ix_(cols, cols)] += v.T @ v
-    return a
+    n_parts = _N_PARTS if 8 * n_free * n_free <= _MAX_COPY_BYTES else 1
+
+    def work(part):
+        a = np.zeros((n_free, n_free))
+        for group in part:
+            v = plan.group_vals(lin.model_vals, group)
+            cols = group[2]
+            a[np.ix_(cols, cols)] += v.T @ v
+        return a
+
+    return _threaded(work, _parts(plan.normal_groups(), n_parts))
 
 
 @_single_threaded_blas
 def accumulate_gradient(lin: Linearization, plan: Plan, n_free: int, row_weights: np.ndarray) -> np.ndarray:
     """``sum_rows V_row * row_weights[row]`` over the free parameters."""
-    g = np.zeros(n_free)
-    for group in plan.normal_groups():
-        g[group[2]] += row_weights[group[0]] @ plan.group_vals(lin.model_vals, group)
-    return g
+    def work(part):
+        g = np.zeros(n_free)
+        for group in part:
+            g[group[2]] += row_weights[group[0]] @ plan.group_vals(lin.model_vals, group)
+        return g
+
+    return _threaded(work, _parts(plan.normal_groups()))
 
 
 @_single_threaded_blas
 def rows_dot_model(lin: Linearization, plan: Plan, delta_free: np.ndarray) -> np.ndarray:
     """``Jm @ delta`` for every row, shape (n_rows,)."""
     out = np.zeros(lin.residual.size)
-    for group in plan.normal_groups():
-        out[group[0]] = plan.group_vals(lin.model_vals, group) @ delta_free[group[2]]
+
+    def work(part):            # the groups' rows are disjoint: the threads write apart
+        for group in part:
+            out[group[0]] = plan.group_vals(lin.model_vals, group) @ delta_free[group[2]]
+
+    _threaded(work, _parts(plan.normal_groups()))
     return out

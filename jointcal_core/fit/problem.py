@@ -87,7 +87,9 @@ class Linearization:
 
     @property
     def chi2(self) -> float:
-        return float(np.dot(self.residual, self.residual))
+        # einsum, not np.dot: a multithreaded BLAS dot was measured at 13 ms (not 0.1 ms) for 150k
+        # rows on a busy 2-core machine
+        return float(np.einsum("i,i->", self.residual, self.residual))
 
     def without_rows(self, removed: np.ndarray) -> "Linearization":
         """The same linearisation without the rows ``removed`` (bool mask, shape (n_rows,)).

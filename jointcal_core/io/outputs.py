@@ -23,6 +23,7 @@ from astropy.table import Table
 
 from ..calibration import json_default as _json_default
 from ..exceptions import OutputError
+from .parquet import write_parquet
 
 __all__ = ["atomic_output_dir", "check_output_dir", "write_outputs", "ExportInputs", "OUTPUT_SCHEMAS"]
 
@@ -177,7 +178,7 @@ def _write_tables(tmp: Path, joint, inputs: ExportInputs | None = None) -> None:
             table["photometry_outlier"][index] = res["outlier"]
     reserved_star = np.asarray(assoc.star_reserved, bool)
     table["reserved"] = np.where(assoc.star >= 0, reserved_star[np.maximum(assoc.star, 0)], False)
-    table.write(tmp / "residuals.parquet", format="parquet")
+    write_parquet(tmp / "residuals.parquet", {name: np.asarray(table[name]) for name in table.colnames})
 
     stars = Table()
     stars["star"] = np.arange(assoc.n_stars)
@@ -193,4 +194,4 @@ def _write_tables(tmp: Path, joint, inputs: ExportInputs | None = None) -> None:
     stars["n_measurements"] = assoc.star_n_measurements
     stars["ref_index"] = assoc.star_ref
     stars["reserved"] = reserved_star
-    stars.write(tmp / "stars.parquet", format="parquet")
+    write_parquet(tmp / "stars.parquet", {name: np.asarray(stars[name]) for name in stars.colnames})

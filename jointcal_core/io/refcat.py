@@ -19,6 +19,7 @@ from astropy.table import Table, vstack
 from ..data import MJD_J2000, ReferenceCatalog, mag_to_njy
 from ..exceptions import InputError
 from ._common import pick, require_columns, warn
+from .parquet import read_parquet
 
 __all__ = ["read_reference", "read_scamp_reference", "read_gaia_like", "read_lsst_refcat", "julian_year_to_mjd"]
 
@@ -37,7 +38,7 @@ def _read_table(path: Path, hdu=None) -> Table:
             warnings.filterwarnings("error", message=".*may have been truncated")
             suffix = "".join(path.suffixes).lower()
             if suffix.endswith(".parq") or suffix.endswith(".parquet"):
-                return Table.read(path, format="parquet")
+                return read_parquet(path)
             if suffix.endswith(".ecsv"):
                 return Table.read(path, format="ascii.ecsv")
             if suffix.endswith(".csv"):

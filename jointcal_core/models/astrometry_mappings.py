@@ -24,11 +24,11 @@ its visit's tangent plane (:func:`init_simple`, :func:`init_constrained`).
 from __future__ import annotations
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from ..data import Camera, CcdImages
 from ..fit.problem import FitGroup
 from ..projection import sky_to_tangent
+from ..threads import blas_threads
 from .polynomial import PolyBasis2D, derivative_matrices, monomials, poly_terms
 
 __all__ = ["SimpleMapping", "ConstrainedMapping", "init_simple", "init_constrained", "wcs_tangent_grid",
@@ -57,18 +57,20 @@ def _grouped_apply(basis: np.ndarray, group: np.ndarray, coef: np.ndarray, order
     ----------
     basis : ndarray, shape (n, m)
     group : ndarray of int, shape (n,)
-    coef : ndarray, shape (n_groups, 2, m)
+    coef : ndarray, shape (n_groups, q, m)
     order, starts : from :func:`_group_order`
 
     Returns
     -------
-    ndarray, shape (n, 2)
+    ndarray, shape (n, q)
     """
-    out = np.empty((basis.shape[0], 2))
+    out = np.empty((basis.shape[0], coef.shape[1]))
     ends = np.r_[starts[1:], order.size]
-    for a, b in zip(starts, ends):
-        rows = order[a:b]
-        out[rows] = basis[rows] @ coef[group[rows[0]]].T
+    for a, b in zip(starts.tolist(), ends.tolist()):
+        first, last = int(order[a]), int(order[b - 1])
+        # a group of consecutive rows (a visit's measurements are): views, no gather or scatter
+        rows = slice(first, last + 1) if last - first == b - a - 1 else order[a:b]
+        out[rows] = basis[rows] @ coef[group[first]].T
     return out
 
 
@@ -88,10 +90,12 @@ def _apply(basis, sx, sy, group, coef, order_):
     """
     order, starts = _group_order(group)
     d_u, d_v = derivative_matrices(order_)
-    value = _grouped_apply(basis, group, coef, order, starts)
-    dx = _grouped_apply(basis, group, coef @ d_u.T, order, starts) * np.reshape(sx, (-1, 1))
-    dy = _grouped_apply(basis, group, coef @ d_v.T, order, starts) * np.reshape(sy, (-1, 1))
-    return value, np.stack([dx, dy], axis=2)
+    # value, d/du and d/dv in one product per group (one pass over the design matrix)
+    out = _grouped_apply(basis, group, np.concatenate([coef, coef @ d_u.T, coef @ d_v.T], axis=1), order, starts)
+    deriv = np.empty((basis.shape[0], 2, 2))
+    deriv[:, :, 0] = out[:, 2:4] * np.reshape(sx, (-1, 1))
+    deriv[:, :, 1] = out[:, 4:6] * np.reshape(sy, (-1, 1))
+    return out[:, :2], deriv
 
 
 def mul22(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -312,7 +316,7 @@ def init_simple(ccd_images: CcdImages, centers: np.ndarray, order: int) -> tuple
     mapping = SimpleMapping(ccd_images, order)
     params = np.zeros((mapping.n_ccd, 2, mapping.nt))
     x, y, xi, eta = _input_wcs_grids(ccd_images, centers, max(_GRID, order + 3))
-    with threadpool_limits(limits=1, user_api="blas"):
+    with blas_threads(1):
         for c in range(mapping.n_ccd):
             basis = PolyBasis2D(order, tuple(mapping.domains[c]))
             params[c] = basis.fit(x[c], y[c], np.column_stack([xi[c], eta[c]])).T
@@ -404,7 +408,7 @@ def init_constrained(ccd_images: CcdImages, camera: Camera | None, centers: np.n
     uv = uv.reshape(len(ccd_images), n_points, 2)
     target = np.stack([xi, eta], axis=2)
     # ~50 small least-squares fits: one BLAS thread avoids oversubscribing a shared machine
-    with threadpool_limits(limits=1, user_api="blas"):
+    with blas_threads(1):
         for v in range(mapping.visits.size):
             rows = np.flatnonzero(mapping.ccd_visit == v)
             uv_v = uv[rows].reshape(-1, 2)

@@ -12,10 +12,13 @@ rows, vectorised over all measurements (no loop over stars or measurements):
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from ..data import Measurements
-from ..projection import sky_to_tangent, sky_to_tangent_jacobian, tangent_to_sky
+from ..projection import change_tangent_point, sky_to_tangent, tangent_basis, tangent_to_sky
+from ..threads import worker_threads
 from .astrometry_mappings import expand_pieces, mul22
 from .astrometry_stars import MAS_PER_DEG, WEAK_PARALLAX_PRIOR_MAS, WEAK_PM_PRIOR_MASYR
 
@@ -50,15 +53,6 @@ def whitening(meas: Measurements, idx: np.ndarray, dxy: np.ndarray, pedestal_px:
     return w
 
 
-def _inv22(a: np.ndarray) -> np.ndarray:
-    """Inverses of a stack of 2 x 2 matrices."""
-    det = a[:, 0, 0] * a[:, 1, 1] - a[:, 0, 1] * a[:, 1, 0]
-    out = np.empty_like(a)
-    out[:, 0, 0], out[:, 1, 1] = a[:, 1, 1] / det, a[:, 0, 0] / det
-    out[:, 0, 1], out[:, 1, 0] = -a[:, 0, 1] / det, -a[:, 1, 0] / det
-    return out
-
-
 def _star_at_epoch(problem, star: np.ndarray, meas_idx: np.ndarray) -> np.ndarray:
     """Common tangent-plane position (n, 2) of each star at its measurement's epoch."""
     s = problem.stars[star]
@@ -71,15 +65,20 @@ def _star_at_epoch(problem, star: np.ndarray, meas_idx: np.ndarray) -> np.ndarra
 
 
 def _common_to_visit(problem, pos: np.ndarray, ccd: np.ndarray, jacobian: bool):
-    """Common tangent plane -> visit tangent plane of each ccdImage; 2x2 derivative when asked."""
-    ra, dec = tangent_to_sky(pos[:, 0], pos[:, 1], *problem.center_deg)
-    c = problem.ccd_centers[ccd]
-    xi, eta = sky_to_tangent(ra, dec, c[:, 0], c[:, 1])
-    if not jacobian:
-        return xi, eta, None
-    jv = sky_to_tangent_jacobian(ra, dec, c[:, 0], c[:, 1])
-    jc = sky_to_tangent_jacobian(ra, dec, *problem.center_deg)
-    return xi, eta, mul22(jv, _inv22(jc))
+    """Common tangent plane -> visit tangent plane of each ccdImage; 2x2 derivative when asked.
+
+    A homography per ccdImage (:func:`~jointcal_core.projection.change_tangent_point`): the same
+    as going through (ra, dec), without the trigonometry (measured 4x faster).
+    """
+    rotation = tangent_basis(problem.ccd_centers[:, 0], problem.ccd_centers[:, 1]) @ \
+        tangent_basis(*problem.center_deg).T
+    return change_tangent_point(pos[:, 0], pos[:, 1], rotation[ccd], jacobian)
+
+
+#: measurements per chunk of :func:`measurement_rows`: chunks run on the worker threads (numpy
+#: releases the GIL in their arithmetic: 1.5x faster on 2 cores at 64k measurements) and bound
+#: the temporaries to ~100 MB whatever the field's size
+CHUNK_MEASUREMENTS = 65_536
 
 
 def measurement_rows(problem, idx: np.ndarray, jacobian: bool, n_extra: int = 0) -> dict:
@@ -88,49 +87,84 @@ def measurement_rows(problem, idx: np.ndarray, jacobian: bool, n_extra: int = 0)
     With ``jacobian``, ``cols`` and ``vals`` have ``n_extra`` more all-zero rows at the end (for
     the reference rows), so the caller gets the full model Jacobian without another copy.
     """
-    m = problem.field.measurements
-    ccd, star = m.ccd[idx], problem.meas_star[idx]
+    n = idx.size
+    star = problem.meas_star[idx]
     # the columns depend only on which terms are active: kept between linearisations (read-only),
     # they are ~1/3 of the derivatives' memory traffic (0.65 GB at 1.7M measurements)
     key = (idx.tobytes(), n_extra)
     kept = getattr(problem, "_kept_cols", None)
     kept = kept[1] if jacobian and kept is not None and kept[0] == key else None
+    r = np.empty((n, 2))
+    out = dict(residual=r.reshape(-1), meas=np.repeat(idx, 2), ref_star=np.full(2 * n, -1, np.int64),
+               star=np.repeat(star, 2))
+    sv = vals = new_cols = None
+    if jacobian:
+        sd, k = problem.star_dim, problem.mapping.k
+        sv = np.empty((n, 2, sd))
+        vals = np.empty((2 * n + n_extra, k))
+        vals[2 * n:] = 0.0
+        if kept is None:
+            # int32 columns: half the memory of the largest array after the derivatives themselves
+            new_cols = np.zeros((2 * n + n_extra, k), np.int32 if problem.n_model_params < 2 ** 31 else np.int64)
+
+    def chunk(bounds):
+        a, b = bounds
+        _chunk_rows(problem, idx[a:b], jacobian, r[a:b], None if sv is None else sv[a:b],
+                    None if vals is None else vals[2 * a:2 * b].reshape(b - a, 2, -1),
+                    None if new_cols is None else new_cols[2 * a:2 * b].reshape(b - a, 2, -1))
+
+    bounds = _chunks(n, worker_threads())
+    if len(bounds) > 1:
+        with ThreadPoolExecutor(max_workers=min(worker_threads(), len(bounds))) as pool:
+            list(pool.map(chunk, bounds))
+    elif bounds:
+        chunk(bounds[0])
+    if jacobian:
+        out["star_vals"] = sv.reshape(2 * n, problem.star_dim)
+        if new_cols is not None:
+            new_cols.flags.writeable = False
+            problem._kept_cols = (key, new_cols)
+            kept = new_cols
+        out["vals"], out["cols"] = vals, kept
+    return out
+
+
+def _chunks(n: int, threads: int) -> list[tuple[int, int]]:
+    """Equal (start, stop) ranges of ``n`` measurements, at most CHUNK_MEASUREMENTS each, a multiple
+    of ``threads`` of them (none below 8192 measurements: a thread costs more than it saves)."""
+    count = -(-n // CHUNK_MEASUREMENTS)
+    if count > 1 or n >= 2 * 8192:
+        count = -(-max(count, min(threads, n // 8192)) // threads) * threads
+    edges = np.linspace(0, n, max(count, 1) + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def _chunk_rows(problem, idx, jacobian, r, sv, vals, cols_out) -> None:
+    """Rows of the measurements ``idx`` written into ``r`` (n, 2), ``sv`` (n, 2, star_dim),
+    ``vals`` (n, 2, k) and, when given, ``cols_out`` (n, 2, k)."""
+    m = problem.field.measurements
+    ccd, star = m.ccd[idx], problem.meas_star[idx]
     xi_m, eta_m, dxy, cols, pieces = problem.mapping.evaluate(problem.params, ccd, m.x[idx], m.y[idx], jacobian,
-                                                              columns=kept is None)
+                                                              columns=cols_out is not None)
     xi_s, eta_s, d = _common_to_visit(problem, _star_at_epoch(problem, star, idx), ccd, jacobian)
     w = problem._weights(idx, dxy)
     r0, r1 = xi_m - xi_s, eta_m - eta_s
-    n = idx.size
-    r = np.empty((n, 2))
     r[:, 0] = w[:, 0, 0] * r0
     r[:, 1] = w[:, 1, 0] * r0 + w[:, 1, 1] * r1
-    out = dict(residual=r.ravel(), meas=np.repeat(idx, 2), ref_star=np.full(2 * n, -1, np.int64),
-               star=np.repeat(star, 2))
-    if jacobian:
-        sd, k = problem.star_dim, problem.mapping.k
-        wd = -mul22(w, d)
-        sv = np.empty((n, 2, sd))
-        sv[:, :, :2] = wd
-        if problem.fit_motion:
-            sv[:, :, 2:4] = wd * problem.dt_yr[idx, None, None]
-        if problem.fit_parallax:
-            sv[:, :, 4] = np.einsum("nij,nj->ni", wd, problem.parallax_factor[idx])
-        out["star_vals"] = sv.reshape(2 * n, sd)
-        vals = np.empty((2 * n + n_extra, k))
-        vals[2 * n:] = 0.0
-        # the pieces cover every column (SimpleMapping: one piece; constrained: chip and visit)
-        out_vals = vals[:2 * n].reshape(n, 2, k)
-        if sum(2 * basis.shape[1] for _, basis, _ in pieces) != k:
-            out_vals[:] = 0.0
-        expand_pieces(pieces, n, k, w, out=out_vals)
-        if kept is None:
-            # int32 columns: half the memory of the largest array after the derivatives themselves
-            kept = np.zeros((2 * n + n_extra, k), np.int32 if problem.n_model_params < 2 ** 31 else np.int64)
-            kept[:2 * n].reshape(n, 2, k)[:] = cols[:, None, :]
-            kept.flags.writeable = False
-            problem._kept_cols = (key, kept)
-        out["vals"], out["cols"] = vals, kept
-    return out
+    if not jacobian:
+        return
+    wd = -mul22(w, d)
+    sv[:, :, :2] = wd
+    if problem.fit_motion:
+        sv[:, :, 2:4] = wd * problem.dt_yr[idx, None, None]
+    if problem.fit_parallax:
+        sv[:, :, 4] = np.einsum("nij,nj->ni", wd, problem.parallax_factor[idx])
+    # the pieces cover every column (SimpleMapping: one piece; constrained: chip and visit)
+    if sum(2 * basis.shape[1] for _, basis, _ in pieces) != vals.shape[2]:
+        vals[:] = 0.0
+    expand_pieces(pieces, idx.size, vals.shape[2], w, out=vals)
+    if cols_out is not None:
+        cols_out[:] = cols[:, None, :]
 
 
 def _rows(residual, star, star_vals, ref_star) -> dict:

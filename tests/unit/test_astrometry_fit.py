@@ -207,5 +207,7 @@ def test_an_outlier_pass_keeps_the_linearisation_of_the_remaining_terms(sim, kin
             a, b = getattr(kept, name), getattr(fresh, name)
             assert (a is None) == (b is None), name
             if a is not None:
-                np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14, err_msg=name)
+                # rounding only: the fresh evaluation multiplies other group sizes in BLAS, and a
+                # residual (model - star, ~1e-6 of the positions) magnifies it to ~1e-11 sigma
+                np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9, err_msg=name)
     assert passes == 2

@@ -268,3 +268,25 @@ def test_scamp_reads_our_head_as_ahead(tmp_path):
         sep_mas = angular_separation_arcsec(*_quiet_wcs(ours).all_pix2world(x, y, 0),
                                             *_quiet_wcs(theirs).all_pix2world(x, y, 0)) * 1e3
         assert np.max(sep_mas) < 1e-3
+
+
+def test_verification_sample_covers_every_exported_order_pair():
+    """io/export_models.py re-reads a few headers through astropy.wcs: the first and the last CCD
+    and one of every (TAN-SIP, TPV) order pair, the rarest pairs first when there are too many."""
+    from jointcal_core.io.export_models import verification_sample
+    rng = np.random.default_rng(4)
+    rows = np.arange(100, 400)                      # ccdImage rows, in export order
+    orders = np.column_stack([rng.choice([3, 4, 5], rows.size, p=[0.1, 0.8, 0.1]),
+                              rng.choice([4, 5], rows.size)])
+    orders[123] = (7, 2)                            # one CCD alone with its pair
+    sample = verification_sample(rows, orders)
+    pairs = {tuple(p) for p in orders}
+    assert {rows[0], rows[-1]} <= set(sample.tolist())
+    assert {tuple(orders[rows == r][0]) for r in sample} == pairs
+    assert sample.size <= len(pairs) + 2 and np.all(np.diff(sample) > 0)
+    # capped: the single (7, 2) CCD is kept before the common pairs
+    small = verification_sample(rows, orders, size=4)
+    assert small.size <= 4 and 100 + 123 in small.tolist()
+    # without orders: evenly spaced, first and last included
+    even = verification_sample(rows, None, size=5)
+    assert even.tolist() == [100, 175, 250, 324, 399]
