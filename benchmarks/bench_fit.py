@@ -43,8 +43,10 @@ SCALING_STARS = (1_000, 5_000, 25_000, 100_000, 200_000)
 STAGES = ("read", "select", "associate", "build", "solve", "clip", "export")
 
 
-def run_once(folder: Path, overrides: list[str] | None = None, export: bool = True) -> dict:
-    """One calibration of the field in ``folder``; returns timings, memory, sizes, accuracy."""
+def run_once(folder: Path, overrides: list[str] | None = None, export: bool = True,
+             refcat: str = "reference.parquet") -> dict:
+    """One calibration of the field in ``folder`` (reference catalog ``folder/refcat``); returns
+    timings, memory, sizes, accuracy."""
     from jointcal_core.config import JointcalConfig
     from jointcal_core.fit import FitStatus
     from jointcal_core.io.outputs import write_outputs
@@ -62,7 +64,7 @@ def run_once(folder: Path, overrides: list[str] | None = None, export: bool = Tr
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with meter.stage("read"):
-            field = JointcalTask(config).load(C.catalogs(folder), refcat=folder / "reference.parquet")
+            field = JointcalTask(config).load(C.catalogs(folder), refcat=folder / refcat)
         with meter.stage("select"):
             selection = select_sources(field, config)
         with meter.stage("associate"):
@@ -136,9 +138,10 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("-c", dest="overrides", action="append", default=[], help="config override KEY=VALUE")
+    parser.add_argument("--refcat", default="reference.parquet", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(run_once(Path(args.worker), args.overrides)))
+        print(json.dumps(run_once(Path(args.worker), args.overrides, refcat=args.refcat)))
         return 0
     if args.case == "scaling":
         rows = []

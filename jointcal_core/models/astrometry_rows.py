@@ -113,7 +113,7 @@ def measurement_rows(problem, idx: np.ndarray, jacobian: bool, n_extra: int = 0)
                     None if vals is None else vals[2 * a:2 * b].reshape(b - a, 2, -1),
                     None if new_cols is None else new_cols[2 * a:2 * b].reshape(b - a, 2, -1))
 
-    bounds = _chunks(n, worker_threads())
+    bounds = _chunks(n)
     if len(bounds) > 1:
         with ThreadPoolExecutor(max_workers=min(worker_threads(), len(bounds))) as pool:
             list(pool.map(chunk, bounds))
@@ -129,13 +129,13 @@ def measurement_rows(problem, idx: np.ndarray, jacobian: bool, n_extra: int = 0)
     return out
 
 
-def _chunks(n: int, threads: int) -> list[tuple[int, int]]:
-    """Equal (start, stop) ranges of ``n`` measurements, at most CHUNK_MEASUREMENTS each, a multiple
-    of ``threads`` of them (none below 8192 measurements: a thread costs more than it saves)."""
-    count = -(-n // CHUNK_MEASUREMENTS)
-    if count > 1 or n >= 2 * 8192:
-        count = -(-max(count, min(threads, n // 8192)) // threads) * threads
-    edges = np.linspace(0, n, max(count, 1) + 1).round().astype(int)
+def _chunks(n: int) -> list[tuple[int, int]]:
+    """Equal (start, stop) ranges of ``n`` measurements: at most CHUNK_MEASUREMENTS each, and at
+    least 4 when there are 4 x 8192 measurements or more (work for up to 4 threads; below 8192 a
+    thread costs more than it saves). They do not depend on the number of threads, nor do the
+    results."""
+    count = max(-(-n // CHUNK_MEASUREMENTS), min(4, n // 8192), 1)
+    edges = np.linspace(0, n, count + 1).round().astype(int)
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 

@@ -211,3 +211,25 @@ def test_an_outlier_pass_keeps_the_linearisation_of_the_remaining_terms(sim, kin
                 # residual (model - star, ~1e-6 of the positions) magnifies it to ~1e-11 sigma
                 np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9, err_msg=name)
     assert passes == 2
+
+
+def test_linearisation_in_chunks_on_threads_gives_the_same_bits(sim, monkeypatch):
+    """models/astrometry_rows.py evaluates the measurements in chunks on the worker threads: the
+    same bits whatever the number of threads, and the rows of one serial evaluation up to the
+    rounding of BLAS products over other row counts."""
+    from jointcal_core.models import astrometry_rows
+    config = JointcalConfig(doPhotometry=False)
+    problem = JointFit(prepare(sim.field, config)).problems["astrometry"]
+    lins = []
+    for threads, chunk in (("1", 10 ** 9), ("1", 3000), ("2", 3000), ("3", 3000)):
+        monkeypatch.setenv("JOINTCAL_THREADS", threads)
+        monkeypatch.setattr(astrometry_rows, "CHUNK_MEASUREMENTS", chunk)
+        problem._kept_cols = None
+        lins.append(problem.linearize(jacobian=True))
+    assert len(astrometry_rows._chunks(int(problem.active.sum()))) > 2
+    names = ("residual", "model_cols", "model_vals", "star_vals", "star")
+    for lin in lins[2:]:
+        for name in names:
+            np.testing.assert_array_equal(getattr(lin, name), getattr(lins[1], name), err_msg=name)
+    for name in names:
+        np.testing.assert_allclose(getattr(lins[1], name), getattr(lins[0], name), rtol=1e-9, atol=1e-9, err_msg=name)
