@@ -2,7 +2,10 @@
 
 Both write DESIGN section 4's layout with ``jointcal_core.io.outputs.write_outputs`` (the CLI's
 writer) plus ``report.html`` (:func:`app.report.write_report`), in the session's worker thread.
-The download is built first ("Build zip"), then offered by a ``FileDownload``. A server folder
+The download is built first ("Build zip"), then offered by a ``FileDownload`` whose bytes are
+already in the page: the zip is sent to the browser as soon as it is built, before the button is
+enabled, so a click saves it at once, inside the click, with no round trip to the server (see
+:meth:`ExportView._offer_zip`). A server folder
 must lie under the data root: its parent is checked with :func:`app.paths.resolve_under_root`
 (no ``..``, no symlink out of the root) and its name must be a plain folder name.
 """
@@ -57,8 +60,11 @@ class ExportView(pn.viewable.Viewer):
         self._tmp = tempfile.TemporaryDirectory(prefix="jointcal-export-")
         self.build_button = pmui.Button(label="Build zip", variant="contained", color="primary",
                                         css_classes=["export-build"])
-        self.download = pmui.FileDownload(label="Download outputs (.zip)", disabled=True,
-                                                filename="jointcal-outputs.zip", css_classes=["export-download"])
+        # auto=False: a click saves the data already in the page (never a fetch from the server);
+        # the label is then a link inside the button, shown without the link underline
+        self.download = pmui.FileDownload(label="Download outputs (.zip)", disabled=True, auto=False,
+                                          filename="jointcal-outputs.zip", sx={"& a": {"textDecoration": "none"}},
+                                          css_classes=["export-download"])
         self.folder_input = pmui.TextInput(label="Server folder (under the data root)", placeholder="out/demo-fit",
                                            sizing_mode="stretch_width", css_classes=["export-folder"])
         self.clobber = pmui.Switch(label="Replace an existing folder", value=False, css_classes=["export-clobber"])
@@ -111,6 +117,20 @@ class ExportView(pn.viewable.Viewer):
         self.message.object = f"Writing {out}..."
         self.session.start("export", out_dir=out, clobber=self.clobber.value, extra_writers=[write_app_report])
 
+    def _offer_zip(self, zip_path: Path) -> None:
+        """Send the built zip to the browser, then enable its download button.
+
+        The bytes reach the page (``FileDownload.transfer``, base64 in the ``data`` property) before
+        ``disabled=False`` does, so whenever the button is clickable a click saves the zip from
+        data already in the page, synchronously inside the click. A download fetched on click
+        instead (FileDownload's default) waits for a round trip through the server's event queue
+        and thread pool and is then started by a script after the click; on a loaded machine that
+        once gave no download at all.
+        """
+        self.download.param.update(file=str(zip_path), filename=zip_path.name)
+        self.download.transfer()
+        self.download.param.update(disabled=False, label=f"Download {zip_path.name}")
+
     def _update(self, *events):
         s = self.session
         ready = s.joint is not None and not s.stale and not s.busy
@@ -119,8 +139,7 @@ class ExportView(pn.viewable.Viewer):
         names = {e.name for e in events}
         if "last_export" in names and s.last_export:
             if s.last_export.endswith(".zip") and self._pending == "zip":
-                self.download.param.update(file=s.last_export, filename=Path(s.last_export).name, disabled=False,
-                                           label=f"Download {Path(s.last_export).name}")
+                self._offer_zip(Path(s.last_export))
                 self.message.object = "The zip is ready."
                 self._zip_version = s.fit_version
             elif self._pending == "folder":
