@@ -25,11 +25,10 @@ term lives in fit/schur.py.
 from __future__ import annotations
 
 import functools
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..threads import blas_threads, worker_threads
+from ..threads import blas_threads, parallel_map
 from .problem import Linearization
 
 __all__ = ["BlockStructure", "block_structure", "Plan", "normal_matrix", "accumulate_gradient",
@@ -121,6 +120,15 @@ def block_structure(lin: Linearization, free_index: np.ndarray) -> BlockStructur
             slot_of.append(t)
         offset += uniq.size
     return BlockStructure(list(ranges), gblock, cols, keep, np.asarray(slot_of, dtype=np.int64), explicit)
+
+
+def block_vals(model_vals: np.ndarray, bs: BlockStructure, rows: np.ndarray, t: int, b: int) -> np.ndarray:
+    """Derivatives (len(rows), n_free) of block ``b`` in slot ``t``: its free columns only."""
+    start, stop = bs.ranges[t]
+    keep = bs.keep[b]
+    if keep.size == stop - start:
+        return model_vals[rows, start:stop]
+    return model_vals[np.ix_(rows, start + keep)]
 
 
 def segments(keys: np.ndarray):
@@ -231,8 +239,7 @@ def _threaded(work, parts: list):
     threads (numpy and the single-threaded BLAS release the GIL in the products)."""
     if len(parts) == 1:
         return work(parts[0])
-    with ThreadPoolExecutor(max_workers=min(worker_threads(), len(parts))) as pool:
-        results = list(pool.map(work, parts))
+    results = parallel_map(work, parts)
     if results[0] is None:
         return None
     for r in results[1:]:

@@ -14,11 +14,9 @@ measurements.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
-from ..threads import worker_threads
+from ..threads import parallel_map, worker_threads
 from .normal import Plan, _single_threaded_blas, segments
 from .problem import Linearization
 
@@ -191,8 +189,7 @@ def schur_term(lin: Linearization, plan: Plan, n_free: int, z: np.ndarray) -> np
         work = np.cumsum([s1 - s0 for s0, s1, _, _ in segs])
         cuts = np.searchsorted(work, work[-1] * np.arange(1, n_threads) / n_threads)
         parts = [segs[a:b] for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(segs)])]
-        with ThreadPoolExecutor(max_workers=n_threads) as pool:
-            list(pool.map(lambda part: accumulate(chunk, part), parts))
+        parallel_map(lambda part: accumulate(chunk, part), parts, n_threads)
     total += total.T
     return total
 

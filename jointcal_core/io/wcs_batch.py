@@ -24,13 +24,12 @@ the batched forward products move them by up to ~1e-5 relative; as polynomials t
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..projection import angular_separation_arcsec, tangent_to_sky
-from ..threads import worker_threads
+from ..threads import parallel_map
 from .wcs_cards import CcdSamples, _grid_operators
 from .wcs_fits import FidelityReport, _terms, monomial_design
 from .wcs_text import rounded_floats, sip_texts, tpv_texts
@@ -44,11 +43,7 @@ _ROWS = 128
 def _map_chunks(func, chunks: list) -> list:
     """``[func(c) for c in chunks]``, on threads when there are several chunks (order kept): the
     chunks are independent and numpy releases the GIL in their products and SVDs."""
-    n = min(worker_threads(), len(chunks))
-    if n <= 1:
-        return [func(c) for c in chunks]
-    with ThreadPoolExecutor(max_workers=n) as pool:
-        return list(pool.map(func, chunks))
+    return parallel_map(func, chunks)
 
 
 @dataclass(frozen=True)

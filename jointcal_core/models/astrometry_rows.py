@@ -12,13 +12,11 @@ rows, vectorised over all measurements (no loop over stars or measurements):
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
 from ..data import Measurements
 from ..projection import change_tangent_point, sky_to_tangent, tangent_basis, tangent_to_sky
-from ..threads import worker_threads
+from ..threads import parallel_map
 from .astrometry_mappings import expand_pieces, mul22
 from .astrometry_stars import MAS_PER_DEG, WEAK_PARALLAX_PRIOR_MAS, WEAK_PM_PRIOR_MASYR
 
@@ -114,11 +112,7 @@ def measurement_rows(problem, idx: np.ndarray, jacobian: bool, n_extra: int = 0)
                     None if new_cols is None else new_cols[2 * a:2 * b].reshape(b - a, 2, -1))
 
     bounds = _chunks(n)
-    if len(bounds) > 1:
-        with ThreadPoolExecutor(max_workers=min(worker_threads(), len(bounds))) as pool:
-            list(pool.map(chunk, bounds))
-    elif bounds:
-        chunk(bounds[0])
+    parallel_map(chunk, bounds)
     if jacobian:
         out["star_vals"] = sv.reshape(2 * n, problem.star_dim)
         if new_cols is not None:
