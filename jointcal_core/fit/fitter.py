@@ -176,8 +176,9 @@ class Fitter:
         return self._n_outliers_total
 
     def linearization(self) -> Linearization:
-        """The current linearisation: residuals, and derivatives when a step or pass will use them."""
-        return self._lin
+        """The current linearisation: residuals, and derivatives when a step or pass will use them
+        (the active terms' rows only, as a new evaluation would give them)."""
+        return self._compact()
 
     # --- control --------------------------------------------------------------------------
     def reset(self) -> None:
@@ -244,6 +245,14 @@ class Fitter:
     def _set_lin(self, lin: Linearization, jacobian: bool) -> None:
         self._lin, self._has_jacobian = lin, jacobian
 
+    def _compact(self) -> Linearization:
+        """The current linearisation without the rows the outlier passes dropped (see
+        ``Linearization.drop_rows``); the solver cache is told which rows went."""
+        if self._lin.dropped is not None:
+            forget_rows(self._solver_cache, self._lin.dropped)
+            self._lin = self._lin.compacted()
+        return self._lin
+
     def _drop_jacobian(self) -> None:
         """Keep the residuals of the current linearisation, free its model derivatives."""
         if self._has_jacobian:
@@ -254,16 +263,17 @@ class Fitter:
         """Done: keep the residuals, drop the derivatives and the solver cache (memory)."""
         self._done = True
         self._drop_jacobian()
+        self._compact()
         self._solver_cache.clear()
 
     def _ndof(self, lin: Linearization) -> int:
         groups = self._final_groups
         n_model = int(self.problem.model_param_mask(groups).sum())
         # bincount, not np.unique: this runs at every step on every row (60 ms at tract size)
-        stars_used = (int(np.count_nonzero(np.bincount(lin.star[lin.star >= 0], minlength=1)))
-                      if lin.star is not None else 0)
+        star = None if lin.star is None else lin.star[lin.live]
+        stars_used = int(np.count_nonzero(np.bincount(star[star >= 0], minlength=1))) if star is not None else 0
         n_star = stars_used * int(self.problem.star_param_mask(groups).sum())
-        return int(lin.residual.size - n_model - n_star)
+        return int(lin.n_live_rows - n_model - n_star)
 
     def _record(self, status: FitStatus, n_outliers: int, step_norm: float, seconds: float,
                 message: str = "", stage: str | None = None) -> FitStep:
@@ -290,6 +300,7 @@ class Fitter:
         problem = self.problem
         groups = self.stage.groups
         name = self.stage.name
+        self._compact()
         if not self._has_jacobian:
             self._set_lin(self._evaluate(jacobian=True), True)
         lin = self._lin
@@ -381,12 +392,13 @@ class Fitter:
                 if self._settled and self._has_jacobian else np.inf)
         self._settled = gain < min(self.tolerance * max(chi2_after, 1e-300),
                                    RESOLVE_GAIN_PER_PARAMETER * max(n_model_free, 1))
-        forget_rows(self._solver_cache, removed)
         problem.deactivate(reject_meas, reject_ref)
         self._n_outliers_total += n
         # nothing moved but the terms: the linearisation is the old one without their rows (no new
-        # evaluation; the derivatives stay, so the next pass can estimate its gain as this one did)
-        self._set_lin(lin.without_rows(removed), self._has_jacobian)
+        # evaluation; the derivatives stay, so the next pass can estimate its gain as this one did).
+        # The rows are only marked: the long tail of passes that reject one or two terms each
+        # (~60 at 200 visits) would otherwise copy the whole Jacobian every time
+        self._set_lin(lin.drop_rows(removed), self._has_jacobian)
         del lin
         self._stage_steps = 0
         # a pass that moves the solution calls for a new step; otherwise the next pass follows

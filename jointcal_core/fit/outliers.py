@@ -52,7 +52,8 @@ def find_outliers(lin: Linearization, problem: FitProblem, ndof: int, outlier_si
     n_meas = np.bincount(measured, minlength=n_stars)
     bad = star_of_meas[m_idx]
     n_bad = np.bincount(bad[bad >= 0], minlength=n_stars)
-    has_ref = np.bincount(lin.ref_star[lin.ref_star >= 0], minlength=n_stars) > 0
+    ref_star = lin.ref_star[lin.live]           # not the reference rows already rejected
+    has_ref = np.bincount(ref_star[ref_star >= 0], minlength=n_stars) > 0
     against_ref = np.flatnonzero(has_ref & (n_meas >= 3) & (2 * n_bad > n_meas))
     if against_ref.size:
         reject_meas = reject_meas[~np.isin(star_of_meas[reject_meas], against_ref)]

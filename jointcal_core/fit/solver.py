@@ -325,6 +325,8 @@ def removed_rows(lin: Linearization, reject_meas: np.ndarray, reject_ref: np.nda
     """Mask (n_rows,) of the rows of rejected measurements and of rejected reference terms (by star)."""
     removed = (lin.meas >= 0) & np.isin(lin.meas, reject_meas)
     removed |= (lin.ref_star >= 0) & np.isin(lin.ref_star, reject_ref)
+    if lin.dropped is not None:
+        removed &= ~lin.dropped         # rejected by an earlier pass already
     return removed
 
 
@@ -355,7 +357,7 @@ def resolve_gain(lin: Linearization, removed: np.ndarray, star_free: np.ndarray,
         Estimated decrease (chi2 units, >= 0).
     """
     r_removed = lin.residual[removed]
-    model_share = float(r_removed @ r_removed) * min(n_model_free / max(lin.residual.size, 1), 1.0)
+    model_share = float(r_removed @ r_removed) * min(n_model_free / max(lin.n_live_rows, 1), 1.0)
     if not np.any(star_free) or lin.star_vals is None:
         return model_share
     stars = np.unique(lin.star[removed & (lin.star >= 0)])
@@ -365,7 +367,8 @@ def resolve_gain(lin: Linearization, removed: np.ndarray, star_free: np.ndarray,
     local = np.searchsorted(stars, lin.star[rows])
     w = lin.star_vals[rows][:, star_free]
     gone = removed[rows]
-    kept_w = np.where(gone[:, None], 0.0, w)
+    # rows dropped by earlier passes are in no star's block any more
+    kept_w = np.where((gone if lin.dropped is None else gone | lin.dropped[rows])[:, None], 0.0, w)
     blocks = sum_by_index(local, kept_w[:, :, None] * kept_w[:, None, :], stars.size)
     grad = -sum_by_index(local, np.where(gone[:, None], w * lin.residual[rows, None], 0.0), stars.size)
     cinv = _invert_blocks(blocks)
