@@ -150,6 +150,25 @@ def photometry_rms_mmag(truth, visit, detector, bbox, zp_mag) -> dict:
             "photometry_rms_no_offset_mmag": float(np.std(d)), "photometry_offset_mmag": float(np.mean(d))}
 
 
+def speed_probe_s() -> float:
+    """Seconds for a fixed piece of work (dense products on one BLAS thread, a Python loop, a
+    200 MB copy), best of 3: this shared machine's speed drifts by up to ~40 % within an hour, so
+    figures taken at different times are compared through it."""
+    from jointcal_core.threads import blas_threads
+    a = np.linspace(0.0, 1.0, 600 * 600).reshape(600, 600)
+    big = np.ones(25_000_000)
+    best = np.inf
+    for _ in range(3):
+        t0 = time.perf_counter()
+        with blas_threads(1):
+            for _ in range(6):
+                a @ a
+        sum(i * i for i in range(1_000_000))
+        big.copy()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def machine() -> dict:
     cpu = ""
     try:
@@ -161,7 +180,8 @@ def machine() -> dict:
     except OSError:
         mem_gb = float("nan")
     return {"nproc": os.cpu_count(), "memory_gb": round(mem_gb, 1), "cpu": cpu, "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%d %H:%M"), "load_avg": [round(x, 2) for x in os.getloadavg()]}
+            "date": time.strftime("%Y-%m-%d %H:%M"), "load_avg": [round(x, 2) for x in os.getloadavg()],
+            "speed_probe_s": round(speed_probe_s(), 3)}
 
 
 def run_isolated(argv: list[str]) -> dict:
