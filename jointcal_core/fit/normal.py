@@ -237,8 +237,6 @@ def _parts(groups: list, n_parts: int = _N_PARTS) -> list[list]:
 def _threaded(work, parts: list):
     """The sum of ``work(part)`` over the parts, in part order, the parts run on the worker
     threads (numpy and the single-threaded BLAS release the GIL in the products)."""
-    if len(parts) == 1:
-        return work(parts[0])
     results = parallel_map(work, parts)
     if results[0] is None:
         return None

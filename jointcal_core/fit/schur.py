@@ -138,11 +138,12 @@ def _entries(lin: Linearization, plan: Plan, sp: SchurPlan, z: np.ndarray, t: in
         # than the per-row outer products summed by reduceat)
         runs[run_pos] = np.matmul(z_t.reshape(-1, g, z.shape[1]).transpose(0, 2, 1),
                                   vals.reshape(-1, g, stop - start))
-    for c0 in range(0, n if g is None else 0, _CHUNK_ROWS):
-        c1 = min(c0 + _CHUNK_ROWS, n)
-        r0, r1 = np.searchsorted(run_start, [c0, c1])
-        outer = z_t[c0:c1, :, None] * vals[c0:c1, None, :]
-        runs[run_pos[r0:r1]] = np.add.reduceat(outer, run_start[r0:r1] - c0, axis=0)
+    else:
+        for c0 in range(0, n, _CHUNK_ROWS):
+            c1 = min(c0 + _CHUNK_ROWS, n)
+            r0, r1 = np.searchsorted(run_start, [c0, c1])
+            outer = z_t[c0:c1, :, None] * vals[c0:c1, None, :]
+            runs[run_pos[r0:r1]] = np.add.reduceat(outer, run_start[r0:r1] - c0, axis=0)
     if runs.shape[0] == info["n_entries"]:
         return runs
     return np.add.reduceat(runs, info["entry_start"], axis=0)

@@ -40,12 +40,6 @@ __all__ = ["SampleBatch", "batch_start_orders", "tan_sip_batch", "tpv_batch"]
 _ROWS = 128
 
 
-def _map_chunks(func, chunks: list) -> list:
-    """``[func(c) for c in chunks]``, on threads when there are several chunks (order kept): the
-    chunks are independent and numpy releases the GIL in their products and SVDs."""
-    return parallel_map(func, chunks)
-
-
 @dataclass(frozen=True)
 class SampleBatch:
     """The model sampled on the fitting and check grids of K CCDs of one bbox (see ``CcdSamples``).
@@ -238,7 +232,8 @@ def _search_orders(b: SampleBatch, starts, max_order: int, rms_mas: float, max_m
         active = pending[starts[pending] <= order]
         done = np.zeros(0, int)
         chunks = [active[a:a + _ROWS] for a in range(0, active.size, _ROWS)]
-        results = _map_chunks(lambda rows: step(rows, order), chunks)
+        # independent chunks: numpy releases the GIL in their products and SVDs
+        results = parallel_map(lambda rows, order=order: step(rows, order), chunks)
         for rows, (payload, rms, worst, inverse) in zip(chunks, results):
             meets = (rms <= rms_mas) & (worst <= max_mas)
             better = _better(rms, worst, meets, best_rms[rows], best_max[rows])

@@ -35,26 +35,21 @@ def poly_terms(order: int) -> np.ndarray:
 
 
 def _powers(t: np.ndarray, order: int) -> np.ndarray:
-    """t^k for k = 0..order, shape (n, order + 1)."""
-    out = np.empty((t.size, order + 1))
-    out[:, 0] = 1.0
+    """t^k for k = 0..order, one contiguous row per power, shape (order + 1, n)."""
+    out = np.empty((order + 1, t.size))
+    out[0] = 1.0
     for k in range(1, order + 1):
-        out[:, k] = out[:, k - 1] * t
+        np.multiply(out[k - 1], t, out=out[k])
     return out
 
 
 def monomials(u: np.ndarray, v: np.ndarray, order: int) -> np.ndarray:
     """Design matrix of the monomials of :func:`poly_terms` at normalised (u, v), shape (n, n_terms)."""
-    u, v = np.ravel(u).astype(float), np.ravel(v).astype(float)
     # built term by term in contiguous rows, then transposed once: 2.5x faster than gathering
     # the power columns (two (n, n_terms) temporaries) at order 5
-    pu, pv = np.empty((order + 1, u.size)), np.empty((order + 1, v.size))
-    pu[0], pv[0] = 1.0, 1.0
-    for k in range(1, order + 1):
-        np.multiply(pu[k - 1], u, out=pu[k])
-        np.multiply(pv[k - 1], v, out=pv[k])
+    pu, pv = _powers(np.ravel(u).astype(float), order), _powers(np.ravel(v).astype(float), order)
     terms = poly_terms(order)
-    out = np.empty((terms.shape[0], u.size))
+    out = np.empty((terms.shape[0], pu.shape[1]))
     for k, (i, j) in enumerate(terms.tolist()):
         np.multiply(pu[i], pv[j], out=out[k])
     return np.ascontiguousarray(out.T)
@@ -69,7 +64,7 @@ def monomials_and_derivatives(u: np.ndarray, v: np.ndarray, order: int):
     """
     terms = poly_terms(order)
     i, j = terms[:, 0], terms[:, 1]
-    pu, pv = _powers(np.ravel(u).astype(float), order), _powers(np.ravel(v).astype(float), order)
+    pu, pv = _powers(np.ravel(u).astype(float), order).T, _powers(np.ravel(v).astype(float), order).T
     value = pu[:, i] * pv[:, j]
     d_du = i * pu[:, np.maximum(i - 1, 0)] * pv[:, j]
     d_dv = j * pu[:, i] * pv[:, np.maximum(j - 1, 0)]
