@@ -9,6 +9,10 @@
   with a fresh user-data directory.
 - ``page``: a new tab that records console errors, page errors and every request URL.
 - ``screenshot(page, name)``: saves ``test-artifacts/ui/<name>.png`` (git-ignored).
+
+When a browser test fails, the ``page`` fixture prints what the run's log needs to tell a race
+from a bug: the page's last console messages, when its Bokeh websocket opened (and closed, if it did), the
+failure's screenshot (``test-artifacts/ui/FAILED-<test>.png``) and the tail of the server's log.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ class AppServer:
     base_url: str
     data_root: Path
     outside: Path
+    log_path: Path | None = None
 
     def url(self, app: str = "main") -> str:
         return f"{self.base_url}/{app}"
@@ -51,6 +56,10 @@ class AppServer:
 class PageLog:
     console_errors: list = field(default_factory=list)
     requests: list = field(default_factory=list)
+    #: every console message as "type: text", for the report of a failed test
+    console: list = field(default_factory=list)
+    #: the page's websockets (Bokeh's connection to its session), opened and closed, with times
+    sockets: list = field(default_factory=list)
 
 
 def _free_port() -> int:
@@ -113,10 +122,11 @@ def app_server(tmp_path_factory) -> AppServer:
     (outside / "secret.cat").write_text("not for the app\n")
     (root / "field").mkdir()
     (root / "leak").symlink_to(outside, target_is_directory=True)
-    proc, base, _ = _serve(tmp_path_factory, ["app/main.py", "tests/ui/synthetic_app.py"],
-                           {"JOINTCAL_DATA_ROOT": str(root), "JOINTCAL_FIELD": "none"})
+    proc, base, log_path = _serve(tmp_path_factory, ["app/main.py", "tests/ui/synthetic_app.py"],
+                                  {"JOINTCAL_DATA_ROOT": str(root), "JOINTCAL_FIELD": "none"})
+    _SERVER_LOGS.append(log_path)
     try:
-        yield AppServer(base_url=base, data_root=root, outside=outside)
+        yield AppServer(base_url=base, data_root=root, outside=outside, log_path=log_path)
     finally:
         _stop(proc)
 
@@ -131,8 +141,9 @@ def demo_server(tmp_path_factory) -> AppServer:
     outside = tmp_path_factory.mktemp("demo_outside")
     proc, base, log_path = _serve(tmp_path_factory, ["app/main.py"],
                                   {"JOINTCAL_DATA_ROOT": str(root), "JOINTCAL_FIELD": str(DEMO)})
+    _SERVER_LOGS.append(log_path)
     try:
-        yield AppServer(base_url=base, data_root=root, outside=outside)
+        yield AppServer(base_url=base, data_root=root, outside=outside, log_path=log_path)
     finally:
         _stop(proc)
 
@@ -159,17 +170,73 @@ def browser_context(tmp_path_factory):
     shutil.rmtree(profile, ignore_errors=True)
 
 
+#: the log files of the servers started in this run (their tails go into a failed test's report)
+_SERVER_LOGS: list[Path] = []
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item, so the ``page`` fixture knows it failed."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+def _report_failure(tab, log: PageLog, name: str) -> None:
+    """Print the page's state at a failure (pytest shows it under "Captured stdout teardown")."""
+    print(f"--- browser state after the failure of {name}")
+    print("websockets:", *log.sockets, sep="\n  ")
+    try:
+        print("screenshot:", screenshot(tab, f"FAILED-{name}"))
+    except Exception as exc:  # noqa: BLE001
+        print(f"no screenshot: {exc}")
+    print("last console messages:", *log.console[-30:], sep="\n  ")
+    for path in _SERVER_LOGS:
+        tail = path.read_text(errors="replace").splitlines()[-40:] if path.exists() else []
+        print(f"tail of {path}:", *tail, sep="\n  ")
+
+
 @pytest.fixture
-def page(browser_context):
+def page(browser_context, request):
     """A new tab; ``page.jointcal_log`` holds its console errors and requested URLs."""
     tab = browser_context.new_page()
     log = PageLog()
-    tab.on("console", lambda msg: log.console_errors.append(msg.text) if msg.type == "error" else None)
+
+    def on_console(msg):
+        log.console.append(f"{msg.type}: {msg.text}")
+        if msg.type == "error":
+            log.console_errors.append(msg.text)
+    tab.on("console", on_console)
     tab.on("pageerror", lambda exc: log.console_errors.append(f"page error: {exc}"))
     tab.on("request", lambda req: log.requests.append(req.url))
+    start = time.monotonic()
+
+    def on_socket(ws):
+        log.sockets.append(f"{time.monotonic() - start:.1f} s: opened {ws.url}")
+        ws.on("close", lambda _ws: log.sockets.append(f"{time.monotonic() - start:.1f} s: closed {ws.url}"))
+    tab.on("websocket", on_socket)
     tab.jointcal_log = log
     yield tab
+    call = getattr(request.node, "rep_call", None)
+    if call is not None and call.failed:
+        _report_failure(tab, log, request.node.name)
     tab.close()
+
+
+def wait_for_value(page, js: str, expected, timeout_ms: float, what: str) -> None:
+    """Poll ``page.evaluate(js)`` until it equals ``expected``; on timeout fail with every value
+    seen and when (``page.wait_for_function`` only says that it timed out)."""
+    start = time.monotonic()
+    seen: list[tuple[float, object]] = []
+    while True:
+        value = page.evaluate(js)
+        if not seen or seen[-1][1] != value:
+            seen.append((round(time.monotonic() - start, 1), value))
+        if value == expected:
+            return
+        if time.monotonic() - start > timeout_ms / 1000.0:
+            pytest.fail(f"{what}: expected {expected!r} within {timeout_ms / 1000:.0f} s; "
+                        f"values seen (seconds, value): {seen}")
+        page.wait_for_timeout(200)
 
 
 def screenshot(page, name: str) -> Path:

@@ -1,6 +1,7 @@
 """Browser tests of fitting in the served app, on the bundled demo (real panel serve, Debian Chromium).
 
-Every wait is on a condition of the page (Playwright's expect / wait_for_function), never a sleep.
+Every wait is on a condition of the page (Playwright's expect, wait_for_function or
+``wait_for_value``), never a fixed sleep.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from playwright.sync_api import expect
 
-from .conftest import screenshot
+from .conftest import screenshot, wait_for_value
 
 pytestmark = pytest.mark.ui
 
@@ -97,7 +98,7 @@ def test_three_steps_give_three_chi2_points_and_run_converges(demo_server, page)
         page.locator(".run-step button").click()
         expect(page.locator(".chi2-caption")).to_contain_text(f"{i} steps", timeout=FIT_TIMEOUT_MS)
         expect(page.locator(".run-step button")).to_be_enabled(timeout=FIT_TIMEOUT_MS)
-        page.wait_for_function(f"() => ({_CHI2_POINTS_JS})() === {i}", timeout=FIT_TIMEOUT_MS)
+        wait_for_value(page, _CHI2_POINTS_JS, i, FIT_TIMEOUT_MS, f"chi2 points on the page after step {i}")
     # each preliminary stage takes one step (as in jointcal): after DistortionsVisit,
     # Distortions and Positions the label shows the final stage
     expect(stage).to_have_text("Stage: astrometry: Distortions Positions")
