@@ -93,28 +93,29 @@ def photometry_table(joint, rows: np.ndarray, *, inputs: ExportInputs | None = N
     rows = np.asarray(rows, dtype=np.int64)
     res = residuals_of(joint, "photometry", inputs)
     used = np.asarray(res["used"], bool)
-    r_ccd = np.asarray(res["ccd"])[used]
-    order, groups = _group_slices(r_ccd)
-    r_star = np.asarray(res["star"])[used][order]
-    r_mmag = np.asarray(res["residual_mmag"])[used][order]
+    r_ccd = np.asarray(res["ccd"])[used].astype(np.int64)
+    r_star = np.asarray(res["star"])[used].astype(np.int64)
+    r_mmag = np.asarray(res["residual_mmag"], float)[used]
     centers = ccd.centers_pix()
     zp = np.asarray(problem.zp_mag(rows, centers[rows, 0], centers[rows, 1]), dtype=float).reshape(rows.size)
-    err, n_stars = [], []
-    for i in rows:
-        sel = groups.get(int(i), slice(0, 0))
-        n = int(np.unique(r_star[sel]).size)
-        n_stars.append(n)
-        # statistical error of a mean offset: residual rms over sqrt(stars)
-        err.append(float(np.sqrt(np.mean(r_mmag[sel] ** 2)) / 1000 / np.sqrt(n)) if n >= 2 else float("nan"))
+    # per CCD at once (not one np.unique per CCD: 20,600 of them at 200 visits): distinct stars,
+    # and the statistical error of a mean offset, residual rms over sqrt(stars)
+    n_ccd = len(ccd)
+    pairs = np.unique(r_ccd * (int(r_star.max(initial=0)) + 1) + r_star)
+    n_stars = np.bincount(pairs // (int(r_star.max(initial=0)) + 1), minlength=n_ccd)[rows]
+    count = np.bincount(r_ccd, minlength=n_ccd)[rows]
+    sum_sq = np.bincount(r_ccd, weights=r_mmag ** 2, minlength=n_ccd)[rows]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        err = np.where(n_stars >= 2, np.sqrt(sum_sq / count) / 1000 / np.sqrt(n_stars), np.nan)
     table = Table()
     table["visit"] = ccd.visit[rows]
     table["detector"] = ccd.detector[rows]
     table["zeropoint"] = zp
     table["zeropoint"].unit = "mag"
     table["zeropoint"].description = "AB magnitude of one count at the CCD centre"
-    table["zeropoint_err"] = np.array(err)
+    table["zeropoint_err"] = err
     table["zeropoint_err"].unit = "mag"
-    table["n_stars"] = np.array(n_stars, dtype=np.int64)
+    table["n_stars"] = n_stars.astype(np.int64)
     return table
 
 

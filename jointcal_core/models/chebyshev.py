@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["chebyshev_terms", "chebyshev_basis", "to_unit_square"]
+__all__ = ["chebyshev_terms", "chebyshev_basis", "chebyshev_sum_by_group", "to_unit_square"]
 
 
 def chebyshev_terms(order: int) -> np.ndarray:
@@ -61,3 +61,45 @@ def chebyshev_basis(x: np.ndarray, y: np.ndarray, order: int, box) -> np.ndarray
     tx, ty = _chebyshev_1d(xs, order), _chebyshev_1d(ys, order)
     terms = chebyshev_terms(order)
     return tx[:, terms[:, 0]] * ty[:, terms[:, 1]]
+
+
+def chebyshev_sum_by_group(x: np.ndarray, y: np.ndarray, order: int, box, coeffs: np.ndarray,
+                           group: np.ndarray) -> np.ndarray:
+    """``sum_k coeffs[group, k] T_i(x') T_j(y')`` at every point: one polynomial per group.
+
+    The same values as ``chebyshev_basis(x, y, order, box)`` times ``coeffs[group]`` summed over
+    the terms, without the (n, n_terms) design or a coefficient row per point: the 1-D values
+    (n, order + 1) of each group's points go through the group's (order + 1)^2 coefficient matrix
+    (a tenth of the memory traffic at 200 visits x 1.8M measurements).
+
+    Parameters
+    ----------
+    x, y : ndarray, shape (n,)
+        Points, in the units of ``box``.
+    order : int
+        Maximum total degree.
+    box : sequence of 4 floats
+        Domain ``(x_min, y_min, x_max, y_max)`` mapped to [-1, 1]^2.
+    coeffs : ndarray, shape (n_groups, n_terms)
+        Coefficients in the order of :func:`chebyshev_terms`.
+    group : ndarray of int, shape (n,)
+        Polynomial of each point.
+
+    Returns
+    -------
+    ndarray, shape (n,)
+    """
+    xs, ys = to_unit_square(np.ravel(x), np.ravel(y), box)
+    tx, ty = _chebyshev_1d(xs, order), _chebyshev_1d(ys, order)
+    terms = chebyshev_terms(order)
+    mats = np.zeros((coeffs.shape[0], order + 1, order + 1))
+    mats[:, terms[:, 0], terms[:, 1]] = coeffs
+    group = np.ravel(np.asarray(group, np.int64))
+    by_group = np.argsort(group, kind="stable")
+    present, starts = np.unique(group[by_group], return_index=True)
+    ends = np.r_[starts[1:], group.size]
+    out = np.empty(group.size)
+    for g, a, b in zip(present.tolist(), starts.tolist(), ends.tolist()):
+        idx = by_group[a:b]
+        out[idx] = np.einsum("ni,ni->n", tx[idx] @ mats[g], ty[idx])
+    return out

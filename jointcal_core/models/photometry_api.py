@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..data import AB_NJY_ZP, njy_to_mag
-from .chebyshev import chebyshev_basis
+from .chebyshev import chebyshev_sum_by_group
 from .photometry_geometry import MAG_PER_LN
 
 __all__ = ["PhotometryOutputs"]
@@ -40,9 +40,8 @@ class PhotometryOutputs:
             value = self._params[ccd]
         else:
             u, v = self.focal.to_focal(ccd, x, y)
-            basis = chebyshev_basis(u, v, self.order, self.focal.box)
             coeffs = self._params[self._n_chip:].reshape(-1, self._n_terms)
-            poly = np.einsum("ij,ij->i", basis, coeffs[self._visit_of_ccd[ccd]])
+            poly = chebyshev_sum_by_group(u, v, self.order, self.focal.box, coeffs, self._visit_of_ccd[ccd])
             chip = self._params[self._chip_of_ccd[ccd]]
             value = chip * poly if self.is_flux else chip + poly
         if self.is_flux:

@@ -14,9 +14,9 @@ import pytest
 from jointcal_core.association import associate
 from jointcal_core.camera import megacam_camera
 from jointcal_core.config import JointcalConfig
-from jointcal_core.data import Camera
+from jointcal_core.data import AB_NJY_ZP, Camera
 from jointcal_core.fit import FitGroup, Fitter, FitStatus
-from jointcal_core.models.chebyshev import chebyshev_basis, chebyshev_terms
+from jointcal_core.models.chebyshev import chebyshev_basis, chebyshev_sum_by_group, chebyshev_terms
 from jointcal_core.models.photometry import PHOTOMETRY_MODELS, make_photometry_problem
 from jointcal_core.selection import select_sources
 from jointcal_core.simulate import simulate_field
@@ -173,6 +173,51 @@ def test_pedestal_is_a_flux_fraction_in_every_model(sim_flat):
             calib = problem.calibrate_njy(m.ccd[i], m.x[i], m.y[i], m.flux[i])
     np.testing.assert_allclose(sigma["simpleMagnitude"], 2.5 / np.log(10) * sigma["simpleFlux"] / calib, rtol=1e-10)
     assert np.all(sigma["simpleMagnitude"] >= 2.5 / np.log(10) * 0.05)
+
+
+@pytest.mark.parametrize("model", ["constrainedMagnitude", "constrainedFlux"])
+def test_zero_points_at_the_measurements_are_those_of_the_fitted_terms(sim_pattern, model):
+    """``zp_mag`` (per-visit sums, any point) and the fit's terms (stored basis grouped by visit)
+    are two evaluations of one model: they agree at every fitted measurement."""
+    rng = np.random.default_rng(11)
+    # measurements in random order (the simulation writes them visit by visit)
+    field = dataclasses.replace(sim_pattern.field,
+                                measurements=sim_pattern.field.measurements.take(rng.permutation(
+                                    len(sim_pattern.field.measurements))))
+    config = JointcalConfig(photometryModel=model, photometryVisitOrder=3)
+    assoc = associate(field, select_sources(field, config).keep, config)
+    problem = make_photometry_problem(field, assoc, config)
+    # every Chebyshev term non-zero, each visit's different
+    problem.offset(rng.normal(0.0, 2e-3, problem.n_model_params), np.zeros((problem.n_stars, 1)))
+    lin = problem.linearize(jacobian=False)
+    rows = lin.meas >= 0
+    m, i = field.measurements, lin.meas[rows]
+    zp = problem.zp_mag(m.ccd[i], m.x[i], m.y[i])
+    sigma = -1.0 / lin.star_vals[rows, 0]
+    star_mag = problem.star_mags()[lin.star[rows]]
+    if model == "constrainedMagnitude":     # residual = (inst mag + zp - M) / sigma
+        np.testing.assert_allclose(lin.residual[rows] * sigma + star_mag + 2.5 * np.log10(m.flux[i]), zp,
+                                   rtol=0, atol=1e-9)
+    else:                                   # residual = (c f - F) / sigma, c from zp
+        calib, star_flux = 10 ** (-0.4 * (zp - AB_NJY_ZP)), 10 ** (-0.4 * (star_mag - AB_NJY_ZP))
+        np.testing.assert_allclose(lin.residual[rows] * sigma, calib * m.flux[i] - star_flux,
+                                   rtol=0, atol=1e-9 * np.max(star_flux))
+
+
+def test_chebyshev_sum_by_group_matches_numpy_per_group():
+    rng = np.random.default_rng(4)
+    x, y = rng.uniform(-2, 5, 300), rng.uniform(1, 3, 300)
+    box, order = (-2, 1, 5, 3), 5
+    terms = chebyshev_terms(order)
+    coeffs = rng.normal(size=(4, terms.shape[0]))
+    group = rng.choice([0, 2, 3], size=x.size)          # group 1 has no point
+    got = chebyshev_sum_by_group(x, y, order, box, coeffs, group)
+    xs, ys = (2 * x - 3) / 7, (2 * y - 4) / 2
+    for g in (0, 2, 3):
+        c = np.zeros((order + 1, order + 1))
+        c[terms[:, 0], terms[:, 1]] = coeffs[g]
+        sel = group == g
+        np.testing.assert_allclose(got[sel], np.polynomial.chebyshev.chebval2d(xs[sel], ys[sel], c), atol=1e-12)
 
 
 def test_chebyshev_basis_matches_numpy():

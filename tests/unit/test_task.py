@@ -399,3 +399,23 @@ def test_cli_verbosity(sim, tmp_path, capsys):
             logging.getLogger(name).handlers[:] = []
             logging.getLogger(name).setLevel(logging.NOTSET)
             logging.getLogger(name).propagate = True
+
+
+def test_photometry_table_counts_each_ccds_stars_and_the_error_of_its_mean(sim):
+    """The per-CCD columns of the exported photometry table, against a CCD-by-CCD count."""
+    from jointcal_core.io.export_models import photometry_table
+
+    sources, ccds, ref = as_tables(sim.field)
+    result = JointcalTask(JointcalConfig(photometryVisitOrder=2, doAstrometry=False)).run(
+        sources, ccds, ref, camera=small_camera())
+    res = result.joint.problems["photometry"].residuals()
+    n_ccd = len(result.prepared.field.ccd_images)
+    rows = np.arange(n_ccd)[::-1][: max(2, n_ccd - 1)]      # a subset, out of order
+    table = photometry_table(result.joint, rows)
+    assert table["n_stars"].dtype == np.int64
+    for k, i in enumerate(rows):
+        sel = np.asarray(res["used"], bool) & (np.asarray(res["ccd"]) == i)
+        n = np.unique(np.asarray(res["star"])[sel]).size
+        assert table["n_stars"][k] == n and n >= 2
+        expected = np.sqrt(np.mean(np.asarray(res["residual_mmag"])[sel] ** 2)) / 1000 / np.sqrt(n)
+        np.testing.assert_allclose(table["zeropoint_err"][k], expected, rtol=1e-12)
