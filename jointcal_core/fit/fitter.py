@@ -244,10 +244,13 @@ class Fitter:
         problem = self.problem
         groups = self.stage.groups
         name = self.stage.name
-        self._compact()
         if not self._has_jacobian:
+            self._compact()
             self._set_lin(self._evaluate(jacobian=True), True)
         lin = self._lin
+        # rows that outlier passes dropped since the evaluation: the solver zeroes them (no copy
+        # of the Jacobian without them), then its cache forgets them for the next evaluation
+        dropped = lin.dropped
         chi2_before = lin.chi2
         best = problem.get_state()
         # one BLAS thread: the solve is many small products plus one modest Cholesky, and a
@@ -256,6 +259,8 @@ class Fitter:
             sol = solve_step(lin, problem.n_model_params, problem.n_stars, problem.star_dim,
                              problem.model_param_mask(groups), problem.star_param_mask(groups),
                              describe=problem.describe_model_param, cache=self._solver_cache)
+        if dropped is not None:
+            forget_rows(self._solver_cache, dropped)
         del lin
         self._drop_jacobian()       # the derivatives at the old point are not needed any more (memory)
         fraction = 1.0

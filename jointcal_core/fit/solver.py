@@ -113,7 +113,10 @@ def solve_step(lin: Linearization, n_model_params: int, n_stars: int, star_dim: 
     cache : dict, optional
         Kept by the caller between steps of one problem: the row structure of the assembly
         (:class:`~jointcal_core.fit.normal.Plan`) is reused while the rows and the free
-        parameters are the same, or after rows were removed (:func:`forget_rows`).
+        parameters are the same, or after rows were removed (:func:`forget_rows`). With a cache,
+        rows ``lin.dropped`` by outlier passes are zeroed on the way into the plan's layout
+        instead of being cut out first (a copy of the Jacobian saved per re-solve); the caller
+        then calls :func:`forget_rows` with them after the step, for the next linearisation.
 
     Returns
     -------
@@ -131,6 +134,10 @@ def solve_step(lin: Linearization, n_model_params: int, n_stars: int, star_dim: 
         return describe(int(free_ids[i]))
 
     any_star = bool(np.any(star_free))
+    blocks_with_model = (method == "blocks" and cache is not None and n_free > 0
+                         and lin.model_cols is not None and lin.model_cols.size > 0)
+    if lin.dropped is not None and not blocks_with_model:
+        lin = lin.compacted()       # rows dropped by outlier passes: only the cached block path zeroes them
     if method == "sparse":
         dm, ds, predicted = _solve_sparse(lin, free_index, n_free, n_stars, star_free, describe_free)
     else:
@@ -204,13 +211,21 @@ def _cached_plan(lin, free_index, cache):
     return plan, None
 
 
-def _expand(lin: Linearization, row_map: np.ndarray, star: np.ndarray) -> Linearization:
-    """``lin`` in the row layout of a cached plan: removed rows are zero (they add nothing)."""
+def _expand(lin: Linearization, row_map: np.ndarray | None, star: np.ndarray,
+            dropped: np.ndarray | None = None) -> Linearization:
+    """``lin`` in the row layout of a cached plan (``row_map``: the plan row of each of ``lin``'s
+    rows; None: the same rows). Rows removed since the plan was made, and ``lin``'s rows marked
+    ``dropped`` (bool mask), are zero: they add nothing to the sums."""
     n = star.size
 
     def spread(a):
-        out = np.zeros((n,) + a.shape[1:], a.dtype)
-        out[row_map] = a
+        if row_map is None:
+            out = a.copy()
+        else:
+            out = np.zeros((n,) + a.shape[1:], a.dtype)
+            out[row_map] = a
+        if dropped is not None:
+            out[dropped if row_map is None else row_map[dropped]] = 0
         return out
 
     return Linearization(residual=spread(lin.residual), model_vals=spread(lin.model_vals), star=star,
@@ -224,8 +239,8 @@ def _solve_blocks(lin, free_index, n_free, n_stars, star_free, describe_free, ca
     plan = None
     if has_model:
         plan, row_map = _cached_plan(lin, free_index, cache)
-        if row_map is not None:
-            lin = _expand(lin, row_map, cache["star"])
+        if row_map is not None or lin.dropped is not None:
+            lin = _expand(lin, row_map, cache["star"], lin.dropped)
     r = lin.residual
     if not np.any(star_free):
         if not has_model:
