@@ -39,6 +39,13 @@ def _grouped_rms(group: np.ndarray, labels: np.ndarray, values_sq: np.ndarray, n
     return dict(sorted(out.items()))
 
 
+def _n_distinct(index: np.ndarray) -> int:
+    """Number of distinct values of a non-negative integer index (a bincount: numpy 2's hashing
+    np.unique costs ~0.4 s per call on the 1.8M measurements of 200 visits)."""
+    index = np.asarray(index, np.int64)
+    return int(np.count_nonzero(np.bincount(index))) if index.size else 0
+
+
 def _common_counts(prefix: str, fitter, res: dict, problem, association, field) -> dict:
     from .association import count_collected_reference
 
@@ -52,9 +59,9 @@ def _common_counts(prefix: str, fitter, res: dict, problem, association, field) 
     return {
         f"{prefix}_collected_refStars": int(collected),
         f"{prefix}_matched_fittedStars": int(association.matched_fittedStars),
-        f"{prefix}_prepared_refStars": int(np.unique(lin.ref_star[lin.ref_star >= 0]).size),
-        f"{prefix}_prepared_fittedStars": int(np.unique(np.asarray(res["star"])[used]).size),
-        f"{prefix}_prepared_ccdImages": int(np.unique(np.asarray(res["ccd"])[used]).size),
+        f"{prefix}_prepared_refStars": _n_distinct(lin.ref_star[lin.ref_star >= 0]),
+        f"{prefix}_prepared_fittedStars": _n_distinct(np.asarray(res["star"])[used]),
+        f"{prefix}_prepared_ccdImages": _n_distinct(np.asarray(res["ccd"])[used]),
         f"{prefix}_final_chi2": float(fitter.chi2),
         f"{prefix}_final_ndof": int(fitter.ndof),
         f"{prefix}_n_outliers": int(fitter.n_outliers),

@@ -100,9 +100,12 @@ def photometry_table(joint, rows: np.ndarray, *, inputs: ExportInputs | None = N
     zp = np.asarray(problem.zp_mag(rows, centers[rows, 0], centers[rows, 1]), dtype=float).reshape(rows.size)
     # per CCD at once (not one np.unique per CCD: 20,600 of them at 200 visits): distinct stars,
     # and the statistical error of a mean offset, residual rms over sqrt(stars)
-    n_ccd = len(ccd)
-    pairs = np.unique(r_ccd * (int(r_star.max(initial=0)) + 1) + r_star)
-    n_stars = np.bincount(pairs // (int(r_star.max(initial=0)) + 1), minlength=n_ccd)[rows]
+    n_ccd, n_star_ids = len(ccd), int(r_star.max(initial=0)) + 1
+    # distinct (ccd, star) pairs by a sort: numpy 2's hashing np.unique took 2.4 s on these 1.8M
+    # keys (a range of 1e9), the sort 0.03 s
+    pairs = np.sort(r_ccd * n_star_ids + r_star)
+    pairs = pairs[np.r_[True, pairs[1:] != pairs[:-1]]] if pairs.size else pairs
+    n_stars = np.bincount(pairs // n_star_ids, minlength=n_ccd)[rows]
     count = np.bincount(r_ccd, minlength=n_ccd)[rows]
     sum_sq = np.bincount(r_ccd, weights=r_mmag ** 2, minlength=n_ccd)[rows]
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -22,6 +22,7 @@ headers through ``astropy.wcs`` and checks that astropy agrees with this evaluat
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -419,15 +420,14 @@ def fast_celestial_wcs(header):
     kind = _FAST_CTYPES.get(c1)
     if kind is None or c2 != "DEC--" + c1[5:] or header.get("WCSAXES", 2) != 2:
         return None
-    keys = list(header.keys())
-    if any(_OTHER_WCS.match(k) for k in keys):
+    other, has_pv, wanted = _keyword_classes(tuple(header.keys()))
+    if other:
         return None
-    has_pv = any(k.startswith("PV") for k in keys if _WCS_KEYS.match(k))
     has_sip = "A_ORDER" in header or "B_ORDER" in header
     if (kind == "" and (has_pv or has_sip)) or (kind == "-SIP" and (has_pv or not has_sip)) \
             or (kind == "TPV" and has_sip):
         return None
-    num = _numeric_values(header)
+    num = _numeric_values(header, wanted)
     try:
         cd = np.array([[num["CD1_1"], num.get("CD1_2", 0.0)], [num.get("CD2_1", 0.0), num["CD2_2"]]])
         if not np.all(np.isfinite(cd)) or np.linalg.det(cd) == 0:
@@ -460,15 +460,29 @@ def fast_celestial_wcs(header):
     return w
 
 
-def _numeric_values(header) -> dict:
-    """Numeric WCS-related values parsed from the card images (much faster than Header lookups)."""
+@functools.lru_cache(maxsize=256)
+def _keyword_classes(keys: tuple) -> tuple[bool, bool, frozenset]:
+    """Of a header's keywords: (any WCS keyword this fast path does not handle, any PV keyword,
+    the keywords whose numeric values it reads). The CCDs of one camera share their keyword
+    list, so the regular expressions run once per layout, not 75 times per CCD (20,600 CCDs at
+    200 HSC visits: ~4 s)."""
+    wcs_keys = [k for k in keys if _WCS_KEYS.match(k)]
+    return (any(_OTHER_WCS.match(k) for k in keys), any(k.startswith("PV") for k in wcs_keys),
+            frozenset(wcs_keys) | frozenset(_NUMERIC_EXTRA))
+
+
+def _numeric_values(header, wanted: frozenset | None = None) -> dict:
+    """Numeric WCS-related values parsed from the card images (much faster than Header lookups);
+    ``wanted``: the keywords to read (default: the WCS keywords, NAXIS* and MJD-OBS)."""
+    if wanted is None:
+        wanted = _keyword_classes(tuple(header.keys()))[2]
     if hasattr(header, "numbers"):    # a CardHeader: its numeric cards are parsed already
-        return {k: v for k, v in header.numbers.items() if _WCS_KEYS.match(k) or k in _NUMERIC_EXTRA}
+        return {k: v for k, v in header.numbers.items() if k in wanted}
     out = {}
     for c in header.cards:
         image = c.image
         key = image[:8].strip()
-        if image[8:10] != "= " or not (_WCS_KEYS.match(key) or key in _NUMERIC_EXTRA):
+        if image[8:10] != "= " or key not in wanted:
             continue
         text = image[10:].split("/", 1)[0].strip()
         if text[:1] in ("'", "T", "F", ""):

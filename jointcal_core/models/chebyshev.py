@@ -29,15 +29,21 @@ def to_unit_square(x: np.ndarray, y: np.ndarray, box) -> tuple[np.ndarray, np.nd
             (2 * np.asarray(y, float) - (y0 + y1)) / (y1 - y0))
 
 
-def _chebyshev_1d(t: np.ndarray, order: int) -> np.ndarray:
-    """T_0 .. T_order at ``t``, shape (n, order + 1), by the three-term recurrence."""
-    out = np.empty((t.size, order + 1))
-    out[:, 0] = 1.0
+def _chebyshev_rows(t: np.ndarray, order: int) -> np.ndarray:
+    """T_0 .. T_order at ``t``, shape (order + 1, n) (contiguous rows), by the three-term recurrence."""
+    out = np.empty((order + 1, t.size))
+    out[0] = 1.0
     if order >= 1:
-        out[:, 1] = t
+        out[1] = t
     for k in range(2, order + 1):
-        out[:, k] = 2 * t * out[:, k - 1] - out[:, k - 2]
+        np.multiply(2 * t, out[k - 1], out=out[k])
+        out[k] -= out[k - 2]
     return out
+
+
+def _chebyshev_1d(t: np.ndarray, order: int) -> np.ndarray:
+    """T_0 .. T_order at ``t``, shape (n, order + 1)."""
+    return np.ascontiguousarray(_chebyshev_rows(t, order).T)
 
 
 def chebyshev_basis(x: np.ndarray, y: np.ndarray, order: int, box) -> np.ndarray:
@@ -58,9 +64,14 @@ def chebyshev_basis(x: np.ndarray, y: np.ndarray, order: int, box) -> np.ndarray
         Column ``k`` is ``T_i(x') T_j(y')`` for ``(i, j) = chebyshev_terms(order)[k]``.
     """
     xs, ys = to_unit_square(np.ravel(x), np.ravel(y), box)
-    tx, ty = _chebyshev_1d(xs, order), _chebyshev_1d(ys, order)
+    tx, ty = _chebyshev_rows(xs, order), _chebyshev_rows(ys, order)
     terms = chebyshev_terms(order)
-    return tx[:, terms[:, 0]] * ty[:, terms[:, 1]]
+    # term by term on contiguous rows, then one transpose: ~2x faster than gathering (n, n_terms)
+    # columns twice (1.8M points x 36 terms at 200 visits)
+    out = np.empty((terms.shape[0], xs.size))
+    for k, (i, j) in enumerate(terms):
+        np.multiply(tx[i], ty[j], out=out[k])
+    return np.ascontiguousarray(out.T)
 
 
 def chebyshev_sum_by_group(x: np.ndarray, y: np.ndarray, order: int, box, coeffs: np.ndarray,
