@@ -85,12 +85,8 @@ def chebyshev_sum_by_group(x: np.ndarray, y: np.ndarray, order: int, box, coeffs
 
     Parameters
     ----------
-    x, y : ndarray, shape (n,)
-        Points, in the units of ``box``.
-    order : int
-        Maximum total degree.
-    box : sequence of 4 floats
-        Domain ``(x_min, y_min, x_max, y_max)`` mapped to [-1, 1]^2.
+    x, y, order, box
+        As for :func:`chebyshev_basis`.
     coeffs : ndarray, shape (n_groups, n_terms)
         Coefficients in the order of :func:`chebyshev_terms`.
     group : ndarray of int, shape (n,)
