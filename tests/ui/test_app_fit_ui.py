@@ -7,6 +7,7 @@ Every wait is on a condition of the page (Playwright's expect, wait_for_function
 from __future__ import annotations
 
 import importlib.util
+import re
 import zipfile
 from urllib.parse import urlparse
 
@@ -94,11 +95,20 @@ def test_three_steps_give_three_chi2_points_and_run_converges(demo_server, page)
     expect(page.locator(".chi2-caption")).to_contain_text("No fit step yet")
     stage = page.locator(".fit-stage")
     expect(stage).to_have_text("Stage: astrometry: DistortionsVisit")
-    for i in range(1, 4):
+    caption, steps = page.locator(".chi2-caption"), 0
+    while steps < 3:
         page.locator(".run-step button").click()
-        expect(page.locator(".chi2-caption")).to_contain_text(f"{i} steps", timeout=FIT_TIMEOUT_MS)
+        expect(caption).not_to_have_text(re.compile(rf"^{steps} steps" if steps else "No fit step yet"),
+                                         timeout=FIT_TIMEOUT_MS)
         expect(page.locator(".run-step button")).to_be_enabled(timeout=FIT_TIMEOUT_MS)
-        wait_for_value(page, _CHI2_POINTS_JS, i, FIT_TIMEOUT_MS, f"chi2 points on the page after step {i}")
+        expect(caption).to_have_text(re.compile(r"\d+ steps"))
+        text = caption.evaluate("e => (e.shadowRoot || e).textContent")     # Panel renders in a shadow root
+        shown = int(re.search(r"(\d+) steps", text).group(1))
+        # one click, one step; but a click on a button that React re-renders as it lands was once
+        # delivered twice (two steps, the server saw two clicks): every step shows one chi2 point
+        assert steps < shown <= steps + 2
+        steps = shown
+        wait_for_value(page, _CHI2_POINTS_JS, steps, FIT_TIMEOUT_MS, f"chi2 points on the page after {steps} steps")
     # each preliminary stage takes one step (as in jointcal): after DistortionsVisit,
     # Distortions and Positions the label shows the final stage
     expect(stage).to_have_text("Stage: astrometry: Distortions Positions")

@@ -2,9 +2,13 @@
 
 The field is the seeded simulated MegaCam field (all 36 CCDs, 6 visits, 40,000 stars) written as
 FITS_LDAC catalogs. The signal is sent as soon as the first fit progress line appears on stderr
-(no blind sleep); the rest of the run (fits and export) then takes ~4 s here. (With 16 CCDs and
-6000 stars it had shrunk to ~0.8 s as the fit got faster, and a loaded CI machine once read the
-progress line only as the run was ending.)
+(no blind sleep); the rest of the run (fits and export) then takes ~4 s here (16 CCDs and 6000
+stars left only ~0.8 s once the fit got faster).
+
+The child starts with SIGINT at its default disposition: a shell starts background jobs with
+SIGINT ignored, Python then installs no KeyboardInterrupt handler, and the run would ignore the
+signal (as it should for a background job), which made this test fail when the suite itself was
+started in the background.
 """
 
 from __future__ import annotations
@@ -36,6 +40,11 @@ def big_field(tmp_path_factory):
     return folder, paths
 
 
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT back to its default (see the module docstring)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
@@ -47,7 +56,7 @@ def test_signal_mid_fit_leaves_no_output(big_field, tmp_path, signum):
     argv = [sys.executable, "-m", "jointcal_core.cli", "run", *map(str, paths), "--refcat",
             str(folder / "reference.cat"), "--output", str(out), "--no-report"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_default_sigint)
     seen, deadline = [], time.monotonic() + 120
     try:
         for line in proc.stderr:             # wait for the fit to be under way
