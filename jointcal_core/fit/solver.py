@@ -113,10 +113,11 @@ def solve_step(lin: Linearization, n_model_params: int, n_stars: int, star_dim: 
     cache : dict, optional
         Kept by the caller between steps of one problem: the row structure of the assembly
         (:class:`~jointcal_core.fit.normal.Plan`) is reused while the rows and the free
-        parameters are the same, or after rows were removed (:func:`forget_rows`). With a cache,
-        rows ``lin.dropped`` by outlier passes are zeroed on the way into the plan's layout
-        instead of being cut out first (a copy of the Jacobian saved per re-solve); the caller
-        then calls :func:`forget_rows` with them after the step, for the next linearisation.
+        parameters are the same, or after rows were removed (:func:`forget_rows`). Rows
+        ``lin.dropped`` by outlier passes are zeroed on the way into the plan's layout instead
+        of being cut out first (a copy of the Jacobian saved per re-solve); with a cache, the
+        caller then calls :func:`forget_rows` with them after the step, for the next
+        linearisation.
 
     Returns
     -------
@@ -134,12 +135,8 @@ def solve_step(lin: Linearization, n_model_params: int, n_stars: int, star_dim: 
         return describe(int(free_ids[i]))
 
     any_star = bool(np.any(star_free))
-    blocks_with_model = (method == "blocks" and cache is not None and n_free > 0
-                         and lin.model_cols is not None and lin.model_cols.size > 0)
-    if lin.dropped is not None and not blocks_with_model:
-        lin = lin.compacted()       # rows dropped by outlier passes: only the cached block path zeroes them
     if method == "sparse":
-        dm, ds, predicted = _solve_sparse(lin, free_index, n_free, n_stars, star_free, describe_free)
+        dm, ds, predicted = _solve_sparse(lin.compacted(), free_index, n_free, n_stars, star_free, describe_free)
     else:
         dm, ds, predicted = _solve_blocks(lin, free_index, n_free, n_stars, star_free, describe_free, cache)
     if n_free:
@@ -239,8 +236,10 @@ def _solve_blocks(lin, free_index, n_free, n_stars, star_free, describe_free, ca
     plan = None
     if has_model:
         plan, row_map = _cached_plan(lin, free_index, cache)
-        if row_map is not None or lin.dropped is not None:
-            lin = _expand(lin, row_map, cache["star"], lin.dropped)
+        if row_map is not None or lin.dropped is not None:    # rows dropped by outlier passes are zeroed
+            lin = _expand(lin, row_map, lin.star if cache is None else cache["star"], lin.dropped)
+    elif lin.dropped is not None:
+        lin = lin.compacted()       # the stars alone: no plan layout to zero them in
     r = lin.residual
     if not np.any(star_free):
         if not has_model:

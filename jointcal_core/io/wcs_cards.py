@@ -471,11 +471,9 @@ def _keyword_classes(keys: tuple) -> tuple[bool, bool, frozenset]:
             frozenset(wcs_keys) | frozenset(_NUMERIC_EXTRA))
 
 
-def _numeric_values(header, wanted: frozenset | None = None) -> dict:
-    """Numeric WCS-related values parsed from the card images (much faster than Header lookups);
-    ``wanted``: the keywords to read (default: the WCS keywords, NAXIS* and MJD-OBS)."""
-    if wanted is None:
-        wanted = _keyword_classes(tuple(header.keys()))[2]
+def _numeric_values(header, wanted: frozenset) -> dict:
+    """Numeric values of the keywords ``wanted`` parsed from the card images (much faster than
+    Header lookups)."""
     if hasattr(header, "numbers"):    # a CardHeader: its numeric cards are parsed already
         return {k: v for k, v in header.numbers.items() if k in wanted}
     out = {}
